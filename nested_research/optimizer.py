@@ -349,7 +349,7 @@ class NestedLearningOptimizer(keras.optimizers.Optimizer):
             prefix = var.path.replace("/", "_")
             if self.memory_blend_mode == "adaptive":
                 self._blend_logits.append(self.add_variable(
-                    (3,), keras.initializers.Constant(init_logits), "float32",
+                    (3,), keras.initializers.Constant(init_logits), var.dtype,
                     name=f"{prefix}_blend_logits"))
             if k > 1 and self.accumulate_gradients:
                 self._accumulators.append(
@@ -413,7 +413,7 @@ class NestedLearningOptimizer(keras.optimizers.Optimizer):
             logits_var, memory.cosines(g, old), self.adaptive_rate,
             memory.ADAPTIVE_LOGIT_BOUND)
         self.assign(logits_var, logits)
-        return ops.cast(ops.softmax(logits), g.dtype)
+        return ops.softmax(logits)
 
     def _apply(self, idx, variable, g, lr):
         count = self._update_counts[idx]

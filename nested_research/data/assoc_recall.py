@@ -57,6 +57,8 @@ from typing import Any, Dict, Iterator, Tuple
 import numpy as np
 import tensorflow_datasets as tfds
 
+from nested_research.data._tfds_compat import LocalGeneratorBuilder
+
 __all__ = [
     "AssociativeRecall",
     "AssociativeRecallConfig",
@@ -199,7 +201,7 @@ def generate_mqar(
     return {"inputs": inputs, "targets": targets.astype(np.int32)}
 
 
-class AssociativeRecall(tfds.core.GeneratorBasedBuilder):
+class AssociativeRecall(LocalGeneratorBuilder):
     """Synthetic multi-query associative recall (MQAR) token sequences."""
 
     name = "associative_recall"

@@ -31,6 +31,8 @@ from typing import Any, Dict, Iterator, Tuple
 import numpy as np
 import tensorflow_datasets as tfds
 
+from nested_research.data._tfds_compat import LocalGeneratorBuilder
+
 __all__ = ["SklearnDigits", "TEST_SIZE", "SPLIT_RANDOM_STATE", "digits_split_arrays"]
 
 #: Fraction of the 1797 examples put in ``test`` (stratified).
@@ -63,7 +65,7 @@ def digits_split_arrays() -> Dict[str, np.ndarray]:
     return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
 
 
-class SklearnDigits(tfds.core.GeneratorBasedBuilder):
+class SklearnDigits(LocalGeneratorBuilder):
     """scikit-learn 8x8 digits (1797 images, 10 classes), stratified 80/20 split."""
 
     name = "sklearn_digits"

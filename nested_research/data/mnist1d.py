@@ -36,6 +36,8 @@ from typing import Any, Dict, Iterator, Tuple
 import numpy as np
 import tensorflow_datasets as tfds
 
+from nested_research.data._tfds_compat import LocalGeneratorBuilder
+
 __all__ = ["Mnist1d", "MNIST1D_SEED", "generate_mnist1d_arrays"]
 
 #: Seed used for generation (the ``mnist1d`` package default).
@@ -67,7 +69,7 @@ def generate_mnist1d_arrays(seed: int = MNIST1D_SEED) -> Dict[str, np.ndarray]:
     return {key: data[key] for key in ("x", "y", "x_test", "y_test")}
 
 
-class Mnist1d(tfds.core.GeneratorBasedBuilder):
+class Mnist1d(LocalGeneratorBuilder):
     """MNIST-1D: 4000/1000 1-D digit signals of length 40, 10 classes (seed 42)."""
 
     name = "mnist1d"
