@@ -305,4 +305,4 @@ def test_fit_with_depth_schedule_under_xla_matches_eager(mode, epochs):
         assert int(opt.iterations.numpy()) == 8 * epochs
         assert max(opt.intervals.values()) == 6
     for a, b in zip(*weights):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=2e-6)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

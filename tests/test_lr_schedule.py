@@ -61,7 +61,8 @@ def test_per_epoch_every_step_over_three_epochs(fractions, steps_per_epoch):
     steps = np.arange(3 * steps_per_epoch)
     got = values(sched, steps)
     want = np.array([per_epoch_np(s, lr0, steps_per_epoch, w, h, d, f) for s in steps])
-    np.testing.assert_allclose(got, want, rtol=1e-6)
+    # rtol 1e-6; the atol (1e-7 of the peak) only matters near a zero floor (float32 cos).
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7 * lr0)
     # Restarts: every epoch is the same curve.
     np.testing.assert_array_equal(got[:steps_per_epoch], got[steps_per_epoch:2 * steps_per_epoch])
     np.testing.assert_array_equal(got[:steps_per_epoch], got[2 * steps_per_epoch:])
@@ -69,7 +70,7 @@ def test_per_epoch_every_step_over_three_epochs(fractions, steps_per_epoch):
     # factor() is the same curve divided by lr0.
     np.testing.assert_allclose(
         [float(sched.factor(s)) for s in steps[:steps_per_epoch]], want[:steps_per_epoch] / lr0,
-        rtol=1e-6)
+        rtol=1e-6, atol=1e-7)
 
 
 def test_per_epoch_phase_boundaries():
@@ -176,12 +177,12 @@ def test_warmup_cosine_every_step(total, warmup, f):
     steps = np.arange(total + 6)  # past the end it stays at the floor
     got = values(sched, steps)
     want = np.array([warmup_cosine_np(s, lr0, total, warmup, f) for s in steps])
-    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7 * lr0)
     if warmup:
         assert got[0] == pytest.approx(lr0 / warmup, rel=1e-6)
         assert got[warmup - 1] == pytest.approx(lr0, rel=1e-6)
     assert got[warmup] == pytest.approx(lr0, rel=1e-6)
-    np.testing.assert_allclose(got[total:], f * lr0, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(got[total:], f * lr0, rtol=1e-6, atol=1e-7 * lr0)
 
 
 def test_warmup_cosine_serialization_round_trip():
@@ -241,10 +242,10 @@ def test_optimizer_steps_per_epoch_uses_the_schedule():
     ref = NumpyNested(SHAPES)
     params = [v.numpy() for v in variables]
     for n, g in enumerate(_grads(2 * S + 2)):
-        lr_n = per_epoch_np(n, lr0, S, 0.5, 0.0, 0.5, 0.1)
-        assert opt.current_learning_rate == pytest.approx(lr_n, rel=1e-6), n
+        lr_n = opt.current_learning_rate
+        assert lr_n == pytest.approx(per_epoch_np(n, lr0, S, 0.5, 0.0, 0.5, 0.1), rel=1e-6), n
         opt.apply(g, variables)
-        params = ref.step(params, g, lr=float(np.float32(lr_n)))
+        params = ref.step(params, g, lr=lr_n)
         for v, p in zip(variables, params):
             np.testing.assert_allclose(v.numpy(), p, rtol=1e-6, atol=1e-10)
     assert opt.current_learning_rate == pytest.approx(
@@ -300,15 +301,6 @@ def test_set_steps_per_epoch_with_fit(when):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(48, 3)).astype("float32")
     y = np.sin(x.sum(1, keepdims=True)).astype("float32")
-
-    def run(setup):
-        model = _mlp()
-        opt = setup()
-        rec = RecordLR(opt)
-        model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0, callbacks=[rec]) \
-            if model.compile(optimizer=opt, loss="mse") is None and when == "before_compile" \
-            else None
-        return model, opt, rec
 
     def late():
         model = _mlp()
