@@ -93,7 +93,8 @@ class PerEpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
     def factor(self, step):
         """The schedule's multiplier of ``lr0`` at ``step`` (in ``[lr_min_fraction, 1]``)."""
         s = float(self.steps_per_epoch)
-        u = ops.mod(ops.cast(step, "float32"), s) / s
+        # The modulus in integers: float32 cannot hold every step above 2**24.
+        u = ops.cast(ops.mod(ops.cast(step, "int64"), self.steps_per_epoch), "float32") / s
         w, h, d = self.lr_warmup_fraction, self.lr_hold_fraction, self.lr_decay_fraction
         floor = self.lr_min_fraction
         warm = floor + (1.0 - floor) * u / max(w, 1e-12)

@@ -385,6 +385,7 @@ def build_transformer(
     ff_dim: int = 128,
     dropout: float = 0.0,
     causal: bool = True,
+    output_positions: int = 0,
     name: str = "transformer",
 ) -> keras.Model:
     """Pre-norm transformer giving per-position logits over ``num_classes``.
@@ -400,6 +401,9 @@ def build_transformer(
         dropout: dropout rate (embeddings, attention weights, MLP), in [0, 1).
         causal: if True each position attends only to itself and earlier
             positions.
+        output_positions: if > 0, only the last ``output_positions``
+            positions get logits (e.g. the query positions of associative
+            recall); 0 keeps every position.
         name: model name.
 
     Returns:
@@ -423,6 +427,10 @@ def build_transformer(
         raise ValueError(f"`causal` must be a bool (True or False); got {causal!r}.")
     name = _check_name(name)
     (seq_len,) = shape
+    output_positions = _check_int("output_positions", output_positions, 0)
+    if output_positions > seq_len:
+        raise ValueError(
+            f"`output_positions` must be in [0, L={seq_len}]; got {output_positions}.")
 
     inputs = keras.Input(shape=(seq_len,), dtype="int32", name="tokens")
     x = keras.layers.Embedding(vocab_size, d_model, name="embed")(inputs)
@@ -448,6 +456,8 @@ def build_transformer(
         x = keras.layers.Add(name=p + "add2")([x, h])
 
     x = keras.layers.LayerNormalization(epsilon=1e-5, name="final_ln")(x)
+    if output_positions:
+        x = keras.layers.Cropping1D((seq_len - output_positions, 0), name="output_positions")(x)
     outputs = keras.layers.Dense(num_classes, name="logits")(x)
     return keras.Model(inputs, outputs, name=name)
 

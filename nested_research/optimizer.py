@@ -47,6 +47,7 @@ NOTE (deviations from the seed):
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 
 import keras
@@ -71,7 +72,7 @@ STAT_FIELDS = (
 
 def _check_number(name, value, low=None, high=None, low_open=False, high_open=False,
                   integer=False, allowed=None):
-    kind = int if integer else (int, float)
+    kind = numbers.Integral if integer else numbers.Real
     if isinstance(value, bool) or not isinstance(value, kind) or \
             (not integer and not math.isfinite(value)):
         raise ValueError(f"{name}={value!r} must be {allowed}")
@@ -286,7 +287,7 @@ class NestedLearningOptimizer(keras.optimizers.Optimizer):
             by_path = intervals.pattern_intervals(paths, self.layer_update_intervals,
                                                   self.default_interval)
             return [by_path[p] for p in paths]
-        known = {p: self._variable_depths[p] for p in paths if p in self._variable_depths}
+        known = {p: d for p in paths if (d := self._depth_of(p)) is not None}
         if not known and self.max_interval > 1:
             warnings.warn(
                 "NestedLearningOptimizer: auto_schedule=True but no layer depths are known; "
@@ -295,6 +296,19 @@ class NestedLearningOptimizer(keras.optimizers.Optimizer):
         by_path = intervals.auto_intervals(known, self.max_interval, self.schedule_curve,
                                            self.reverse_depth_order)
         return [by_path.get(p, 1) for p in paths]
+
+    def _depth_of(self, path: str):
+        """The registered depth of ``path``; a unique suffix match also counts.
+
+        Keras drops a Sequential model's name from its variable paths when it is
+        reloaded (``mlp/dense_0/kernel`` -> ``dense_0/kernel``), so saved depths are
+        also found by the path they end with.
+        """
+        if path in self._variable_depths:
+            return self._variable_depths[path]
+        hits = [d for key, d in self._variable_depths.items()
+                if key.endswith("/" + path) or path.endswith("/" + key)]
+        return hits[0] if len(hits) == 1 else None
 
     @property
     def intervals(self) -> dict[str, int]:
@@ -365,7 +379,9 @@ class NestedLearningOptimizer(keras.optimizers.Optimizer):
     # ------------------------------------------------------------------ step
     def update_step(self, gradient, variable, learning_rate):
         idx = self._get_variable_index(variable)
-        gradient = ops.cast(ops.convert_to_tensor(gradient), variable.dtype)
+        # IndexedSlices (embeddings) arrive densified without a static shape: restore it.
+        gradient = ops.reshape(ops.cast(ops.convert_to_tensor(gradient), variable.dtype),
+                               variable.shape)
         lr = ops.cast(learning_rate, variable.dtype)
         k = self._intervals[idx]
         if k == 1:

@@ -75,7 +75,7 @@ def layer_stats(opt) -> "OrderedDict[str, dict]":
         vars_ = [opt._trainable_variables[i] for i in idxs]
         sizes = np.array([max(int(np.prod(v.shape)), 1) for v in vars_], dtype=np.float64)
         row = dict.fromkeys(FIELDS)
-        depths = [opt._variable_depths.get(v.path) for v in vars_]
+        depths = [opt._depth_of(v.path) for v in vars_]
         row["depth"] = min(d for d in depths if d is not None) if any(
             d is not None for d in depths) else None
         row["interval"] = max(opt._intervals[i] for i in idxs)

@@ -147,28 +147,16 @@ def test_mnist1d_splits_and_generator_equality(mnist1d_builder):
     assert mnist1d_builder.info.splits["test"].num_examples == 1000
     args = get_dataset_args()
     assert args.seed == 42
-    state = np.random.get_state()
-    reference = make_dataset(args)
-    np.random.set_state(state)
+    np_state, py_state = np.random.get_state(), random.getstate()
+    reference = make_dataset(args)  # seeds the global RNGs: restore them
+    np.random.set_state(np_state)
+    random.setstate(py_state)
     for split, xkey, ykey in (("train", "x", "y"), ("test", "x_test", "y_test")):
         arrays = split_arrays(mnist1d_builder, split)
         assert arrays["x"].dtype == np.float32 and arrays["x"].shape[1:] == (40,)
         assert set(np.unique(arrays["label"])) == set(range(10))
         np.testing.assert_array_equal(arrays["x"], reference[xkey].astype(np.float32))
         np.testing.assert_array_equal(arrays["label"], reference[ykey])
-
-
-def test_mnist1d_generation_leaves_global_rngs_alone():
-    from nested_research.data.mnist1d import generate_mnist1d_arrays
-
-    np.random.seed(123)
-    random.seed(123)
-    expected_np, expected_py = np.random.rand(), random.random()
-    np.random.seed(123)
-    random.seed(123)
-    generate_mnist1d_arrays()
-    assert np.random.rand() == expected_np
-    assert random.random() == expected_py
 
 
 # --------------------------------------------------------------------------- #
@@ -207,7 +195,8 @@ def test_recall_default_config(tmp_path):
     builder = prepare("associative_recall", tmp_path)
     cfg = builder.builder_config
     assert cfg.name == "default"
-    assert (cfg.vocab_size, cfg.num_pairs, cfg.num_queries) == (32, 8, 4)
+    assert (cfg.vocab_size, cfg.num_pairs, cfg.num_queries) == (32, 4, 4)
+    assert cfg.seq_len == 12
     assert builder.info.splits["train"].num_examples == 8000
     assert builder.info.splits["test"].num_examples == 1000
     arrays = split_arrays(builder, "test")
@@ -234,15 +223,19 @@ def test_recall_config_validation_and_naming():
 # --------------------------------------------------------------------------- #
 
 
-@pytest.mark.parametrize(
-    "name,kwargs",
-    [("sklearn_digits", {}), ("mnist1d", {}), ("associative_recall", {"config": "small"})],
-)
-def test_two_builds_in_two_dirs_are_identical(tmp_path, name, kwargs):
-    if kwargs.get("config") == "small":
-        kwargs = {"config": small_recall_config()}
-    first = prepare(name, tmp_path / "a", **kwargs)
-    second = prepare(name, tmp_path / "b", **kwargs)
+@pytest.mark.parametrize("fixture_name", ["digits", "mnist1d_builder", "recall_small"])
+def test_two_builds_in_two_dirs_are_identical(tmp_path, request, fixture_name):
+    first = request.getfixturevalue(fixture_name)  # built in the module's data dir
+    kwargs = {"config": small_recall_config()} if fixture_name == "recall_small" else {}
+    # Generation must not touch NumPy's global RNG state (mnist1d seeds it).
+    # (Python's `random` is not checked: TFDS itself draws from it for
+    # temporary directory names.)
+    np.random.seed(123)
+    expected = np.random.rand()
+    np.random.seed(123)
+    second = prepare(first.name, tmp_path, **kwargs)
+    assert np.random.rand() == expected
+    assert second.data_dir != first.data_dir
     for split in ("train", "test"):
         a, b = split_arrays(first, split), split_arrays(second, split)
         assert a.keys() == b.keys()

@@ -236,7 +236,7 @@ def test_optimizer_steps_per_epoch_uses_the_schedule():
     S, lr0 = 6, 0.05
     kw = dict(lr_warmup_fraction=0.5, lr_hold_fraction=0.0, lr_decay_fraction=0.5,
               lr_min_fraction=0.1)
-    opt = NestedLearningOptimizer(learning_rate=lr0, steps_per_epoch=S, **kw)
+    opt = NestedLearningOptimizer(learning_rate=lr0, steps_per_epoch=S, max_interval=1, **kw)
     assert isinstance(opt._learning_rate, PerEpochSchedule)
     variables = _vars()
     ref = NumpyNested(SHAPES)
@@ -304,7 +304,7 @@ def test_set_steps_per_epoch_with_fit(when):
 
     def late():
         model = _mlp()
-        opt = NestedLearningOptimizer(learning_rate=lr0)
+        opt = NestedLearningOptimizer(learning_rate=lr0, max_interval=1)
         if when == "before_compile":
             opt.set_steps_per_epoch(S)
         model.compile(optimizer=opt, loss="mse")
@@ -316,7 +316,7 @@ def test_set_steps_per_epoch_with_fit(when):
 
     def fitted(**kw):
         model = _mlp()
-        opt = NestedLearningOptimizer(learning_rate=lr0, **kw)
+        opt = NestedLearningOptimizer(learning_rate=lr0, max_interval=1, **kw)
         model.compile(optimizer=opt, loss="mse")
         model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
         return model

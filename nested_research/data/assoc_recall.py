@@ -36,9 +36,15 @@ Configuration
     :class:`AssociativeRecallConfig` (a ``tfds.core.BuilderConfig``) holds
     ``vocab_size``, ``num_pairs``, ``num_queries``, ``num_train``,
     ``num_test`` and ``seed``.  The ``default`` config is
-    ``V=32, P=8, Q=4`` (L = 20) with 8000 train / 1000 test examples and
-    seed 0.  Use :func:`make_config` for other sizes: it derives a unique
-    config name from the parameters, so each size gets its own directory
+    ``V=32, P=4, Q=4`` (L = 12; every key is queried once, in random order)
+    with 8000 train / 1000 test examples and seed 0.  It is sized to be
+    learnable quickly on a CPU: a 2-layer causal Transformer (d_model 64,
+    4 heads, Adam 1e-3..2e-3, batch 64, last-Q-positions readout as above)
+    reached ~100 % test accuracy after 15-30 s of training on 2 CPU cores
+    (3 model seeds tried).  ``num_pairs=8`` is much harder: the same model
+    stayed near the ~25 % plateau for a minute (with ``num_queries`` 4 or 8).
+    Use :func:`make_config` for other sizes: it derives a unique config name
+    from the parameters, so each size gets its own directory
     ``data_dir/associative_recall/<config name>/1.0.0``.
 
 Split / determinism
@@ -83,7 +89,7 @@ class AssociativeRecallConfig(tfds.core.BuilderConfig):
     """
 
     vocab_size: int = 32
-    num_pairs: int = 8
+    num_pairs: int = 4
     num_queries: int = 4
     num_train: int = 8000
     num_test: int = 1000
@@ -143,7 +149,7 @@ def make_config(name: str | None = None, **params: Any) -> AssociativeRecallConf
 
     Missing parameters take the defaults of the ``default`` config.  Unless
     ``name`` is given, the config name encodes every parameter (e.g.
-    ``v32_p8_q4_n8000-1000_s0``) so that different sizes are prepared into
+    ``v32_p4_q4_n8000-1000_s0``) so that different sizes are prepared into
     different directories.  Unknown parameter names raise ``ValueError``.
     """
     allowed = {"vocab_size", "num_pairs", "num_queries", "num_train", "num_test", "seed"}
@@ -167,7 +173,7 @@ def make_config(name: str | None = None, **params: Any) -> AssociativeRecallConf
 DEFAULT_CONFIG = AssociativeRecallConfig(
     name="default",
     description=(
-        "MQAR with vocab_size=32, num_pairs=8, num_queries=4 (seq_len 20), "
+        "MQAR with vocab_size=32, num_pairs=4, num_queries=4 (seq_len 12), "
         "8000 train / 1000 test examples, seed=0."
     ),
 )

@@ -47,6 +47,7 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
 
+import numpy as np
 import tensorflow_datasets as tfds
 
 from nested_research.data.assoc_recall import AssociativeRecallConfig, make_config
@@ -74,7 +75,7 @@ class DatasetNotFoundError(FileNotFoundError):
     ``data_dir`` identify what was looked for.
     """
 
-    def __init__(self, name: str, data_dir: str, detail: str = "") -> None:
+    def __init__(self, name: str, data_dir: str) -> None:
         self.name = name
         self.data_dir = data_dir
         message = (
@@ -83,8 +84,6 @@ class DatasetNotFoundError(FileNotFoundError):
             f"access with `tfds build {name} --data_dir {data_dir}` and copy "
             f"the '{name}/' folder into that data_dir."
         )
-        if detail:
-            message += f" ({detail})"
         super().__init__(message)
 
 
@@ -124,14 +123,8 @@ class DataBundle:
 
 
 def _check_int(param: str, value: Any, minimum: int, allowed: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        try:
-            import numpy as np
-
-            if isinstance(value, np.integer):
-                value = int(value)
-        except ImportError:  # pragma: no cover
-            pass
+    if isinstance(value, np.integer):
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{param} must be {allowed}, got {value!r}")
     return value
