@@ -118,7 +118,9 @@ def run(cfg: DictConfig, output_dir: str) -> float:
     """Train once as ``cfg`` says; write ``results.json`` to ``output_dir``; return the monitor."""
     import keras
     import tensorflow as tf
+    from absl import logging as absl_logging
 
+    absl_logging.set_verbosity(absl_logging.WARNING)  # TFDS reads are not news
     validate(cfg)
     os.makedirs(output_dir, exist_ok=True)
     t = cfg.trainer
