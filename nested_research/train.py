@@ -45,7 +45,7 @@ def check_trainer(trainer) -> None:
     _expect_int("trainer", trainer, "seed", 0)
     _expect_int("trainer", trainer, "max_steps", 1, optional=True)
     _expect_int("trainer", trainer, "verbose", 0)
-    for key in ("jit_compile", "deterministic"):
+    for key in ("jit_compile", "deterministic", "run_eagerly"):
         if not isinstance(trainer.get(key), bool):
             raise ConfigError(f"trainer.{key}={trainer.get(key)!r} must be true or false")
     if trainer.precision not in PRECISIONS:
@@ -89,7 +89,8 @@ def validate(cfg: DictConfig) -> None:
     """Everything that can be checked before data is built; raises ``ConfigError``."""
     check_trainer(cfg.trainer)
     try:
-        build_optimizer(cfg, steps_per_epoch=1, total_steps=max(cfg.trainer.epochs, 2),
+        # Steps per epoch are known only once data is built; max_steps bounds the run if set.
+        build_optimizer(cfg, steps_per_epoch=1, total_steps=cfg.trainer.max_steps or 10**9,
                         stats_every=cfg.logger.get("stats_every", 0))
         instantiate(cfg.logger)
     except ConfigError:
@@ -149,7 +150,9 @@ def run(cfg: DictConfig, output_dir: str) -> float:
 
         result = fit(model, optimizer, data, epochs=t.epochs, max_steps=t.max_steps,
                      jit_compile=t.jit_compile, callbacks=tracker.callbacks(optimizer),
-                     verbose=t.verbose)
+                     verbose=t.verbose,
+                     progress_path=os.path.join(output_dir, "progress.jsonl"),
+                     run_eagerly=t.run_eagerly)
         value = _monitored(result.metrics, t.monitor)
         failed = not math.isfinite(value)
         results = {

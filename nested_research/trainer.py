@@ -9,6 +9,7 @@ logits only at the query positions).  Metrics are named ``train/*``,
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -53,17 +54,42 @@ class _StepLimit(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class ProgressLog(keras.callbacks.Callback):
+    """Appends one JSON line per epoch (``epoch``, ``step``, ``train/*``, ``val/*``) to ``path``.
+
+    Sweep runners read it while the run goes on (hyperband early stopping).
+    """
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {"epoch": epoch + 1,
+               "step": int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))}
+        row.update(rename(logs, "train"))
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+
 def fit(model: keras.Model, optimizer, data, *, epochs: int, max_steps: int | None = None,
         jit_compile: bool = False, callbacks: list | None = None,
-        verbose: int = 1) -> TrainResult:
-    """Train ``model`` on ``data`` (a ``DataBundle``) and evaluate it on the test split."""
+        verbose: int = 1, progress_path: str | None = None,
+        run_eagerly: bool = False) -> TrainResult:
+    """Train ``model`` on ``data`` (a ``DataBundle``) and evaluate it on the test split.
+
+    ``progress_path``: a JSON-lines file that gets one row of metrics per epoch.
+    """
     model.compile(
         optimizer=optimizer,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
         jit_compile=jit_compile,
+        run_eagerly=run_eagerly,
     )
     callbacks = list(callbacks or [])
+    if progress_path:
+        callbacks.append(ProgressLog(progress_path))
     if max_steps is not None:
         epochs = min(epochs, math.ceil(max_steps / data.steps_per_epoch))
         callbacks.append(_StepLimit(max_steps))

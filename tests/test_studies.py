@@ -1,0 +1,185 @@
+"""Sweep definitions, the local sweep runner, and the comparison / ablation studies."""
+
+import csv
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from nested_research.sweep import LocalSweep, expand_command, hydra_overrides, load_sweep
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data")
+    old = os.environ.get("NESTED_RESEARCH_DATA_DIR")
+    os.environ["NESTED_RESEARCH_DATA_DIR"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("NESTED_RESEARCH_DATA_DIR", None)
+    else:
+        os.environ["NESTED_RESEARCH_DATA_DIR"] = old
+
+
+def _values(spec):
+    if "value" in spec:
+        return [spec["value"]]
+    if "values" in spec:
+        return spec["values"]
+    return [spec["min"], spec["max"]]
+
+
+def test_sweep_files_present():
+    names = {p.stem for p in SWEEPS}
+    assert {"lr_per_optimizer", "nested_space", "ablation_grid"} <= names
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=[p.stem for p in SWEEPS])
+def test_sweep_file_schema_and_every_parameter_accepted(path, data_dir):
+    import sweeps
+
+    from nested_research.study import compose
+    from nested_research.train import validate
+
+    config = load_sweep(str(path))
+    assert sweeps.schema_violations_from_proposed_config(config) == []
+    assert "${args_no_hyphens}" in config["command"]
+    assert config["program"] == "nested_research.train"
+    assert config["metric"]["name"] in ("val/accuracy", "val/loss", "test/accuracy")
+    params = config["parameters"]
+    # every value of every parameter composes and validates (the others at their first value)
+    for name, spec in params.items():
+        for value in _values(spec):
+            chosen = {k: _values(s)[0] for k, s in params.items()}
+            chosen[name] = value
+            validate(compose(hydra_overrides(chosen)))
+    argv = expand_command(config, ["memory=fixed"])
+    assert argv[1:4] == ["-m", "nested_research.train", "memory=fixed"]
+
+
+def _write(tmp_path, config):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+COMMAND = ["${env}", "${interpreter}", "-m", "${program}", "${args_no_hyphens}"]
+
+
+def test_local_random_sweep_records_failures_and_goes_on(tmp_path, data_dir):
+    config = {
+        "name": "tiny_random", "program": "nested_research.train", "method": "random",
+        "metric": {"name": "val/accuracy", "goal": "maximize"},
+        "parameters": {
+            "memory": {"values": ["attention", "fixed"]},
+            "optimizer.learning_rate": {"distribution": "log_uniform_values",
+                                        "min": 1e-4, "max": 1e-2},
+            # half of the trials get an invalid decay: they must fail, not stop the sweep
+            "memory.short_term_decay": {"values": [0.9, 1.5]},
+        },
+        "command": COMMAND,
+    }
+    out = tmp_path / "sweep"
+    sweep = LocalSweep(load_sweep(_write(tmp_path, config)), str(out),
+                       ["logger=none", "trainer.max_steps=3", "trainer.epochs=1",
+                        "trainer.verbose=0"], poll=0.2)
+    trials = sweep.run(4)
+    states = {t.name: (t.state, t.params["memory.short_term_decay"]) for t in trials}
+    assert len(trials) == 4
+    for state, decay in states.values():
+        assert state == ("failed" if decay == 1.5 else "finished")
+    ok = [t for t in trials if t.state == "finished"]
+    assert ok and all(0.0 <= t.metric <= 1.0 for t in ok)
+    record = json.loads((out / "sweep.json").read_text())
+    assert len(record["trials"]) == 4
+    board = sweep.leaderboard()
+    assert board.count("\n") == 1 + 4 and "tiny_random" not in board.splitlines()[0]
+    # resuming runs only new trials
+    again = LocalSweep(load_sweep(_write(tmp_path, config)), str(out), sweep.extra)
+    assert len(again.trials) == 4
+
+
+def test_local_hyperband_sweep_stops_a_bad_trial(tmp_path, data_dir):
+    config = {
+        "name": "tiny_hyperband", "program": "nested_research.train", "method": "grid",
+        "metric": {"name": "val/accuracy", "goal": "maximize"},
+        "early_terminate": {"type": "hyperband", "min_iter": 1, "eta": 2},
+        # hyperband keeps the top 1/eta at each band: the third, hopeless trial is cut
+        "parameters": {"optimizer.learning_rate": {"values": [0.003, 0.001, 0.000001]}},
+        "command": COMMAND,
+    }
+    sweep = LocalSweep(load_sweep(_write(tmp_path, config)), str(tmp_path / "hb"),
+                       ["logger=none", "trainer.epochs=8", "trainer.batch_size=16",
+                        "trainer.verbose=0", "lr_schedule=constant"], poll=0.05)
+    good, also_good, bad = sweep.run(3)
+    assert good.state == also_good.state == "finished" and len(good.history) == 8
+    assert bad.state == "stopped" and len(bad.history) < 8
+    assert bad.metric < min(good.metric, also_good.metric)
+
+
+def test_sweep_cli_rejects_bad_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"method": "sideways", "parameters": {}}))
+    proc = subprocess.run([sys.executable, "-m", "nested_research.sweep", str(bad)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "sideways" in proc.stderr
+
+
+# ---------------------------------------------------------------- studies
+def _run_script(name, out, extra=()):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--quick", "--out", str(out), *extra]) == 0
+    return module
+
+
+def _table_rows(path):
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_compare_optimizers_quick(tmp_path, data_dir):
+    out = tmp_path / "compare"
+    module = _run_script("compare_optimizers", out)
+    rows = _table_rows(out / "comparison.csv")
+    got = {(r["workload"], r["label"]) for r in rows}
+    from nested_research.study import QUICK_WORKLOADS
+
+    assert got == {(w, o) for w in QUICK_WORKLOADS for o in module.OPTIMIZERS}
+    assert {"test_acc_mean", "test_acc_std", "best_val_loss_mean", "steps_to_target",
+            "loss_spikes"} <= set(rows[0])
+    for r in rows:
+        assert r["seeds"] == "2" and r["failed"] == "0"
+    md = (out / "comparison.md").read_text()
+    assert md.count("\n") == 2 + len(rows)
+    for png in ("comparison_curves.png", "comparison_lr.png"):
+        assert (out / png).stat().st_size > 10_000
+    # a second run resumes: nothing is trained again
+    stamps = {p: p.stat().st_mtime for p in out.glob("runs/*/results.json")}
+    _run_script("compare_optimizers", out)
+    assert {p: p.stat().st_mtime for p in out.glob("runs/*/results.json")} == stamps
+    assert (out / "comparison.md").read_text() == md
+
+
+def test_ablation_quick(tmp_path, data_dir):
+    out = tmp_path / "ablation"
+    module = _run_script("ablation", out)
+    rows = _table_rows(out / "ablation.csv")
+    from nested_research.study import QUICK_WORKLOADS
+
+    assert {(r["workload"], r["label"]) for r in rows} == \
+        {(w, v) for w in QUICK_WORKLOADS for v in module.VARIANTS}
+    assert (out / "ablation_curves.png").stat().st_size > 10_000
+    runs = list(out.glob("runs/*/results.json"))
+    configs = {json.loads(p.read_text())["config"]["memory"]["memory_blend_mode"] for p in runs}
+    assert configs == {"attention", "fixed", "adaptive", "none"}
