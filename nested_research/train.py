@@ -50,6 +50,9 @@ def check_trainer(trainer) -> None:
             raise ConfigError(f"trainer.{key}={trainer.get(key)!r} must be true or false")
     if trainer.precision not in PRECISIONS:
         raise ConfigError(f"trainer.precision={trainer.precision!r} is not one of {PRECISIONS}")
+    if trainer.get("strategy") not in STRATEGIES:
+        raise ConfigError(f"trainer.strategy={trainer.get('strategy')!r} is not one of "
+                          f"{STRATEGIES}")
     if trainer.monitor_mode not in ("min", "max"):
         raise ConfigError(f"trainer.monitor_mode={trainer.monitor_mode!r} is not 'min' or 'max'")
 
@@ -99,6 +102,21 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(_short(err)) from err
 
 
+STRATEGIES = (None, "mirrored")
+
+
+def make_strategy(name):
+    """``None``: the default (one device); ``"mirrored"``: ``tf.distribute.MirroredStrategy``.
+
+    For several machines use ``MultiWorkerMirroredStrategy`` with ``TF_CONFIG`` (README).
+    """
+    import tensorflow as tf
+
+    if name is None:
+        return tf.distribute.get_strategy()
+    return tf.distribute.MirroredStrategy()
+
+
 def model_inputs(data) -> dict:
     """What the model builders take from the data."""
     kw = {"input_shape": tuple(data.input_shape), "num_classes": data.num_classes}
@@ -137,22 +155,25 @@ def run(cfg: DictConfig, output_dir: str) -> float:
             data = instantiate(cfg.data, batch_size=t.batch_size, seed=t.seed, _convert_="all")
         except Exception as err:  # missing/corrupt data, bad data settings
             raise ConfigError(f"data ({cfg.data.name}): {_short(err)}") from err
-        model = instantiate(cfg.model, **model_inputs(data), _convert_="all")
-        total = t.epochs * data.steps_per_epoch
-        if t.max_steps is not None:
-            total = min(total, t.max_steps)
-        optimizer = build_optimizer(cfg, data.steps_per_epoch, total, tracker.stats_every)
-        if getattr(optimizer, "auto_schedule", False):
-            optimizer.compute_depths_from_model(model)
-        config = OmegaConf.to_container(cfg, resolve=True)
-        tracker.start(config, output_dir)
-        from nested_research.trainer import fit
+        strategy = make_strategy(t.strategy)
+        with strategy.scope():
+            model = instantiate(cfg.model, **model_inputs(data), _convert_="all")
+            total = t.epochs * data.steps_per_epoch
+            if t.max_steps is not None:
+                total = min(total, t.max_steps)
+            optimizer = build_optimizer(cfg, data.steps_per_epoch, total, tracker.stats_every)
+            if getattr(optimizer, "auto_schedule", False):
+                optimizer.compute_depths_from_model(model)
+            config = OmegaConf.to_container(cfg, resolve=True)
+            tracker.start(config, output_dir)
+            from nested_research.trainer import fit
 
-        result = fit(model, optimizer, data, epochs=t.epochs, max_steps=t.max_steps,
-                     jit_compile=t.jit_compile, callbacks=tracker.callbacks(optimizer),
-                     verbose=t.verbose,
-                     progress_path=os.path.join(output_dir, "progress.jsonl"),
-                     run_eagerly=t.run_eagerly)
+            result = fit(model, optimizer, data, epochs=t.epochs, max_steps=t.max_steps,
+                         jit_compile=t.jit_compile, callbacks=tracker.callbacks(optimizer),
+                         verbose=t.verbose,
+                         progress_path=os.path.join(output_dir, "progress.jsonl"),
+                         run_eagerly=t.run_eagerly)
+        model.save(os.path.join(output_dir, "model.keras"))
         value = _monitored(result.metrics, t.monitor)
         failed = not math.isfinite(value)
         results = {
