@@ -102,19 +102,19 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(_short(err)) from err
 
 
-STRATEGIES = (None, "mirrored")
+STRATEGIES = (None, "mirrored", "multi_worker")
 
 
 def make_strategy(name):
-    """``None``: the default (one device); ``"mirrored"``: ``tf.distribute.MirroredStrategy``.
-
-    For several machines use ``MultiWorkerMirroredStrategy`` with ``TF_CONFIG`` (README).
-    """
+    """``None``: the default (one device); ``"mirrored"``: ``MirroredStrategy`` (local devices);
+    ``"multi_worker"``: ``MultiWorkerMirroredStrategy``, cluster from ``TF_CONFIG`` (README)."""
     import tensorflow as tf
 
     if name is None:
         return tf.distribute.get_strategy()
-    return tf.distribute.MirroredStrategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.MultiWorkerMirroredStrategy()
 
 
 def model_inputs(data) -> dict:
