@@ -1,6 +1,8 @@
 """Ablation of the nested optimizer: switch off one component at a time, on every embedded workload.
 
-Variants (each against the full optimizer with its defaults, >= 3 seeds, the nested default rate):
+Variants (each against the full optimizer with its defaults, >= 3 seeds, at the nested optimizer's
+learning rate chosen by the comparison study's search when its ``comparison.csv`` exists, else
+its default rate):
 memory tiers -> one tier -> none; attention -> fixed -> adaptive retrieval; depth schedule -> none;
 accumulation off; compression on; per-epoch LR -> cosine -> constant.
 Writes ``ablation.md``, ``ablation.csv`` and ``ablation_curves.png`` into ``--out``; steps to target
@@ -40,7 +42,16 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="tiny runs (a few steps) and 2 seeds: a smoke test")
     parser.add_argument("--workloads", nargs="*", default=None)
+    parser.add_argument("--lr-from", default="studies/compare/comparison.csv",
+                        help="comparison table whose nested learning rate per workload is used")
     args = parser.parse_args(argv)
+    tuned = {}
+    if not args.quick and os.path.exists(args.lr_from):
+        import csv
+
+        with open(args.lr_from) as fh:
+            tuned = {r["workload"]: float(r["lr"]) for r in csv.DictReader(fh)
+                     if r["label"] == "nested" and r["lr"]}
     workloads = study.QUICK_WORKLOADS if args.quick else study.WORKLOADS
     names = args.workloads or list(workloads)
     seeds = SEEDS[:2] if args.quick else SEEDS
@@ -48,9 +59,11 @@ def main(argv=None) -> int:
     for workload in names:
         for variant, overrides in VARIANTS.items():
             for seed in seeds:
+                lr = [f"optimizer.learning_rate={tuned[workload]:.6g}"] \
+                    if workload in tuned else []
                 job = study.Job(workload, variant, seed,
-                                workloads[workload] + ["optimizer=nested"] + overrides,
-                                group="final")
+                                workloads[workload] + ["optimizer=nested"] + lr + overrides,
+                                lr=tuned.get(workload), group="final")
                 outcome = study.run_job(job, args.out)
                 outcomes.append(outcome)
                 print(f"[ablation] {workload} {variant} s{seed}: "

@@ -1,7 +1,7 @@
 """Nested (defaults) vs Adam, AdamW, NAdam, SGD with momentum and Lion, on every embedded workload.
 
 Protocol (the same for every optimizer; nothing is tuned for ours):
-1. learning-rate search: each optimizer's Keras default times 1/3, 1 and 3 (three trials each),
+1. learning-rate search: each optimizer's Keras default times 1/3, 1, 3 and 10 (four trials each),
    seed 0, on the study-sized workloads of ``nested_research.study.WORKLOADS``; the best rate is
    the one with the highest final validation accuracy;
 2. final runs: seeds 0, 1, 2 at that rate (seed 0 reuses the search run).
@@ -20,7 +20,7 @@ import sys
 from nested_research import study
 
 OPTIMIZERS = ["nested", "adam", "adamw", "nadam", "sgd", "lion"]
-LR_FACTORS = [1 / 3, 1.0, 3.0]
+LR_FACTORS = [1 / 3, 1.0, 3.0, 10.0]
 SEEDS = [0, 1, 2]
 
 
@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     workloads = study.QUICK_WORKLOADS if args.quick else study.WORKLOADS
     names = args.workloads or list(workloads)
-    factors = LR_FACTORS[1:] if args.quick else LR_FACTORS
+    factors = LR_FACTORS[1:3] if args.quick else LR_FACTORS
     seeds = SEEDS[:2] if args.quick else SEEDS
 
     finals = []
@@ -55,6 +55,9 @@ def main(argv=None) -> int:
             tuning += trials
             ok = [t for t in trials if t.results]
             best = max(ok, key=lambda t: t.results["metrics"]["val/accuracy"]) if ok else trials[1]
+            if best is trials[0] or best is trials[-1]:
+                print(f"[tune] note: {workload} {opt}: best rate {best.job.lr:.3g} is at the "
+                      "edge of the grid", flush=True)
             for seed in seeds:
                 job = study.Job(workload, opt, seed, best.job.overrides, lr=best.job.lr,
                                 group="final")
