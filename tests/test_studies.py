@@ -148,14 +148,19 @@ def _table_rows(path):
         return list(csv.DictReader(fh))
 
 
-def test_compare_optimizers_quick(tmp_path, data_dir):
+@pytest.mark.parametrize("workloads", [
+    ["digits_mlp", "recall_transformer"],
+    pytest.param(None, marks=pytest.mark.slow),   # all three: same code path, 50% longer
+])
+def test_compare_optimizers_quick(workloads, tmp_path, data_dir):
     out = tmp_path / "compare"
-    module = _run_script("compare_optimizers", out)
+    extra = ["--workloads", *workloads] if workloads else []
+    module = _run_script("compare_optimizers", out, extra)
     rows = _table_rows(out / "comparison.csv")
     got = {(r["workload"], r["label"]) for r in rows}
     from nested_research.study import QUICK_WORKLOADS
 
-    assert got == {(w, o) for w in QUICK_WORKLOADS for o in module.OPTIMIZERS}
+    assert got == {(w, o) for w in (workloads or QUICK_WORKLOADS) for o in module.OPTIMIZERS}
     assert {"test_acc_mean", "test_acc_std", "best_val_loss_mean", "steps_to_target",
             "loss_spikes"} <= set(rows[0])
     for r in rows:
@@ -166,20 +171,27 @@ def test_compare_optimizers_quick(tmp_path, data_dir):
         assert (out / png).stat().st_size > 10_000
     # a second run resumes: nothing is trained again
     stamps = {p: p.stat().st_mtime for p in out.glob("runs/*/results.json")}
-    _run_script("compare_optimizers", out)
+    _run_script("compare_optimizers", out, extra)
     assert {p: p.stat().st_mtime for p in out.glob("runs/*/results.json")} == stamps
     assert (out / "comparison.md").read_text() == md
 
 
-def test_ablation_quick(tmp_path, data_dir):
+@pytest.mark.parametrize("workloads", [
+    ["digits_mlp"],
+    pytest.param(None, marks=pytest.mark.slow),   # all three: same code path, 3x longer
+])
+def test_ablation_quick(workloads, tmp_path, data_dir):
     out = tmp_path / "ablation"
-    module = _run_script("ablation", out)
+    module = _run_script("ablation", out, ["--workloads", *workloads] if workloads else [])
     rows = _table_rows(out / "ablation.csv")
     from nested_research.study import QUICK_WORKLOADS
 
     assert {(r["workload"], r["label"]) for r in rows} == \
-        {(w, v) for w in QUICK_WORKLOADS for v in module.VARIANTS}
+        {(w, v) for w in (workloads or QUICK_WORKLOADS) for v in module.VARIANTS}
     assert (out / "ablation_curves.png").stat().st_size > 10_000
     runs = list(out.glob("runs/*/results.json"))
     configs = {json.loads(p.read_text())["config"]["memory"]["memory_blend_mode"] for p in runs}
     assert configs == {"attention", "fixed", "adaptive", "none"}
+    compressed = [json.loads(p.read_text())["config"] for p in runs if "compression_r4" in str(p)]
+    assert compressed and all(c["optimizer"]["params"]["compression_rank"] == 4
+                              for c in compressed)
