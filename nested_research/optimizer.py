@@ -59,6 +59,12 @@ from nested_research.depths import compute_depths
 from nested_research.lr_schedule import PerEpochSchedule, validate_fractions
 
 BLEND_MODES = ("fixed", "adaptive", "attention", "none")
+#: In graph mode, tensors of at most this many elements take the stacked form of the
+#: memory step (``memory.stack_rows``): fewer ops, one extra copy of the memories.
+#: (Under XLA the op count hardly matters and the stack would be copied: not used.)
+STACK_MAX_ELEMENTS = 1 << 13
+#: Storage dtypes of the memory tiers (and of the first moment with ``memory_blend_mode="none"``).
+STATE_DTYPES = ("float32", "bfloat16")
 
 #: Per-variable statistics recorded in the step (``stats_every > 0``), raw sums so
 #: that layers aggregate exactly: squared norms and inner products.
@@ -121,6 +127,22 @@ def validate_config(cfg: dict) -> None:
                        cfg["lr_decay_fraction"], cfg["lr_min_fraction"])
     _check_number("stats_every", cfg["stats_every"], 0, integer=True,
                   allowed="an integer >= 0 (0 disables in-step statistics)")
+    if not isinstance(cfg["state_dtype"], str) or cfg["state_dtype"] not in STATE_DTYPES:
+        raise ValueError(f"state_dtype={cfg['state_dtype']!r} is not one of {STATE_DTYPES}")
+
+
+def _in_xla_context() -> bool:
+    """Whether the step is being traced for XLA (``jit_compile=True``); a trace-time fact."""
+    if keras.backend.backend() == "jax":
+        return True
+    if keras.backend.backend() != "tensorflow":
+        return False
+    try:
+        from tensorflow.python.framework import ops as tf_ops
+        from tensorflow.python.ops import control_flow_util
+        return bool(control_flow_util.GraphOrParentsInXlaContext(tf_ops.get_default_graph()))
+    except (ImportError, AttributeError):  # private TF API moved: take the graph-mode form
+        return False
 
 
 @keras.saving.register_keras_serializable(package="nested_research")
@@ -155,6 +177,25 @@ class NestedLearningOptimizer(keras.optimizers.Optimizer):
             config so a reloaded optimizer rebuilds the same intervals.
         stats_every: record per-variable statistics in the step every this
             many steps (0: never); read them with ``memory_stats()``.
+        state_dtype: storage of the gradient memories: the three tiers (with
+            ``memory_blend_mode="none"``: the first moment) and the interval
+            accumulators.  ``"float32"`` (full precision: the variable's own
+            dtype) or ``"bfloat16"`` (2 bytes each: 10 instead of 16 optimizer
+            bytes per parameter, 12 instead of 20 on a slow layer).  The second
+            moment and the parameters keep the variable's dtype, and all math
+            runs in it.
+
+    NOTE (bfloat16 state): a tier or accumulator is computed in the variable's
+    dtype from its widened bfloat16 value and rounded to nearest on store; the
+    step itself uses the unrounded values.  bfloat16 keeps 8 significant bits,
+    so an update ``(1 - d)(g - M)`` smaller than half a unit in the last place
+    of ``M`` (``2^-9 |M|``) is lost: the long tier (``1 - d = 1e-4``) only
+    moves while ``|g - M| > ~20 |M|`` and the medium tier (``6e-3``) while
+    ``|g - M| > ~0.33 |M|``, so the slow tiers stall at a smaller magnitude
+    than in float32 (round to nearest, no stochastic rounding).  An
+    accumulated window of ``k`` gradients carries ``k`` roundings of ``2^-9``
+    relative.  The second moment stays in full precision: the step divides
+    by its root.
         Plus every ``keras.optimizers.Optimizer`` keyword (``weight_decay``,
         ``clipnorm``, ``use_ema``, ``gradient_accumulation_steps``, ...).
     """
@@ -192,6 +233,7 @@ class NestedLearningOptimizer(keras.optimizers.Optimizer):
         adaptive_rate=0.1,
         variable_depths=None,
         stats_every=0,
+        state_dtype="float32",
         name="nested_learning",
         **kwargs,
     ):
@@ -234,6 +276,7 @@ class NestedLearningOptimizer(keras.optimizers.Optimizer):
         self.memory_mix = float(memory_mix)
         self.adaptive_rate = float(adaptive_rate)
         self.stats_every = int(stats_every)
+        self.state_dtype = state_dtype
         self._variable_depths = {str(k): int(v) for k, v in (variable_depths or {}).items()}
 
     # ------------------------------------------------------------------ schedule
@@ -346,11 +389,12 @@ class NestedLearningOptimizer(keras.optimizers.Optimizer):
             return
         super().build(var_list)
         self._intervals = self._resolve_intervals(var_list)
-        if self.memory_on:
-            self._memories = self.add_optimizer_variables(
-                var_list, ["short_memory", "medium_memory", "long_memory"])
+        names = ["short_memory", "medium_memory", "long_memory"] if self.memory_on \
+            else ["momentum"]
+        if self._low_precision:
+            self._memories = self._add_state_variables(var_list, names, self.state_dtype)
         else:
-            self._memories = (self.add_optimizer_variables(var_list, "momentum"),)
+            self._memories = tuple(self.add_optimizer_variables(var_list, names))
         self._velocities = self.add_optimizer_variables(var_list, "velocity")
         if self.amsgrad:
             self._velocity_hats = self.add_optimizer_variables(var_list, "velocity_hat")
@@ -367,6 +411,8 @@ class NestedLearningOptimizer(keras.optimizers.Optimizer):
                     name=f"{prefix}_blend_logits"))
             if k > 1 and self.accumulate_gradients:
                 self._accumulators.append(
+                    self._add_state_variables([var], ["accumulator"], self.state_dtype)[0][0]
+                    if self._low_precision else
                     self.add_variable_from_reference(var, name="accumulator"))
             else:
                 self._accumulators.append(None)
@@ -376,12 +422,27 @@ class NestedLearningOptimizer(keras.optimizers.Optimizer):
                 self._stats.append(self.add_variable(
                     (len(STAT_FIELDS),), "zeros", "float32", name=f"{prefix}_stats"))
 
+    def _add_state_variables(self, var_list, names, dtype):
+        """``add_optimizer_variables`` (same names and order) with another dtype."""
+        out = tuple([] for _ in names)
+        for var in var_list:
+            for i, name in enumerate(names):
+                if self._overwrite_variable_with_gradient(var):
+                    out[i].append(None)
+                    continue
+                out[i].append(self.add_variable(
+                    var.shape, "zeros", dtype, name=f"{var.path.replace('/', '_')}_{name}"))
+        return out
+
     # ------------------------------------------------------------------ step
     def update_step(self, gradient, variable, learning_rate):
         idx = self._get_variable_index(variable)
-        # IndexedSlices (embeddings) arrive densified without a static shape: restore it.
-        gradient = ops.reshape(ops.cast(ops.convert_to_tensor(gradient), variable.dtype),
-                               variable.shape)
+        gradient = ops.convert_to_tensor(gradient)
+        if hasattr(gradient, "indices") or tuple(gradient.shape) != tuple(variable.shape):
+            # IndexedSlices (embeddings): densify, with the variable's static shape.
+            gradient = ops.reshape(gradient, variable.shape)
+        if gradient.dtype != variable.dtype:
+            gradient = ops.cast(gradient, variable.dtype)
         lr = ops.cast(learning_rate, variable.dtype)
         k = self._intervals[idx]
         if k == 1:
@@ -391,65 +452,183 @@ class NestedLearningOptimizer(keras.optimizers.Optimizer):
         due = intervals.is_update_step(step, k, self.warmup_steps)
         acc = self._accumulators[idx]
         if acc is None:
+            # Skipped steps run no optimizer math at all (a real branch, not a select).
             ops.cond(due, lambda: self._apply(idx, variable, gradient, lr), lambda: None)
             return
 
         def apply_window():
             n = float(k) if self.warmup_steps <= 0 else \
                 ops.where(ops.less(step, self.warmup_steps), 1.0, float(k))
-            self._apply(idx, variable, (acc + gradient) / ops.cast(n, variable.dtype), lr)
+            total = self._widen(acc, variable.dtype) + gradient
+            self._apply(idx, variable, total / ops.cast(n, variable.dtype), lr)
             self.assign(acc, ops.zeros_like(acc))
 
-        ops.cond(due, apply_window, lambda: self.assign_add(acc, gradient))
+        def accumulate():
+            if self._low_precision:  # add in full precision, round once
+                self._store(acc, self._widen(acc, variable.dtype) + gradient)
+            else:
+                self.assign_add(acc, gradient)
 
-    def _direction(self, idx, g, t):
-        """The numerator, the second-moment input and epsilon of this mode (see module doc)."""
-        if not self.memory_on:
-            (m,) = (tier[idx] for tier in self._memories)
-            self.assign_add(m, (g - m) * (1.0 - self.beta_1))
-            bc2 = 1.0 - ops.power(self.beta_2, t)
-            num = m / (1.0 - ops.power(self.beta_1, t))
-            return num, g, self.epsilon / ops.sqrt(bc2), (m,), None
-        mem_vars = [tier[idx] for tier in self._memories]
-        old = [ops.convert_to_tensor(m) for m in mem_vars]
-        new = memory.update_memories(old, g, self.decays)
-        weights = self._retrieval_weights(idx, g, old, new)
-        for var, value in zip(mem_vars, new):
-            self.assign(var, value)
-        effective = memory.mix(g, memory.combine(weights, new), self.memory_mix)
-        return effective, effective, self.epsilon, new, weights
-
-    def _retrieval_weights(self, idx, g, old, new):
-        if self.memory_blend_mode == "fixed":
-            return ops.convert_to_tensor(self.fixed_weights, g.dtype)
-        if self.memory_blend_mode == "attention":
-            return memory.attention_weights(g, new, int(np.prod(g.shape)))
-        logits_var = self._blend_logits[idx]
-        logits = memory.adaptive_logits_step(
-            logits_var, memory.cosines(g, old), self.adaptive_rate,
-            memory.ADAPTIVE_LOGIT_BOUND)
-        self.assign(logits_var, logits)
-        return ops.softmax(logits)
+        ops.cond(due, apply_window, accumulate)
 
     def _apply(self, idx, variable, g, lr):
+        """One applied update of ``variable`` (module docstring), in as few passes as we can.
+
+        The optimizer streams its whole state through memory, so the step is
+        written to read and write each tensor as few times as the backend allows
+        (``memory.py`` states the identities; all forms are the same numbers up
+        to float rounding, and the tests hold each to the NumPy reference):
+
+        - graph mode, large tensors: the old memories are read once; the
+          attention scores come from ``<g, g>`` and ``<g, M_i>``
+          (``attention_weights_from_dots``) and the effective gradient from
+          the old memories (``effective_from_old``), so the new memories are
+          only written, and their buffers are handed to the variables.
+        - graph mode, small tensors (``STACK_MAX_ELEMENTS``): the cost is the
+          number of ops, so ``[g; M_s; M_m; M_l]`` is stacked once and the
+          reductions and the retrieval are matrix products of the stack.
+        - XLA: XLA on CPU fuses each output separately (no multi-output
+          fusion) and copies a variable that more than one fusion reads before
+          updating it in place, so the new memories are computed once and the
+          retrieval reads them, with blocked reductions (``vdot``).  (bfloat16
+          tiers and the adaptive mode read the old memories: see below.)
+
+        The second moment is updated in place and re-read, and the parameter
+        step is ``(lr sqrt(bc2)) e / (sqrt(v) + eps sqrt(bc2))``, the module
+        docstring's ``lr e / (sqrt(v / bc2) + eps)`` without a full-size
+        division by ``bc2``.
+        """
+        dtype = variable.dtype
         count = self._update_counts[idx]
-        t = ops.cast(count, variable.dtype) + 1.0
-        self.assign(count, count + 1.0)
+        t = ops.add(count, 1.0)  # this update's number, counting it (read once)
+        self.assign(count, t)
+        t = ops.cast(t, dtype)
         if self.use_gradient_compression:
             g = compression.low_rank(g, self.compression_rank)
-        num, second, eps, mems, weights = self._direction(idx, g, t)
+        bc2 = 1.0 - ops.power(self.beta_2, t)
+        if not self.memory_on:
+            # keras.optimizers.Adam, op for op (with this variable's own count t).
+            (m,) = (tier[idx] for tier in self._memories)
+            if self._low_precision:  # widen, update, round on store; step with the f32 value
+                m_old = ops.cast(m, dtype)
+                num = m_old + (g - m_old) * (1.0 - self.beta_1)
+                self._store(m, num)
+            else:
+                self.assign_add(m, (g - m) * (1.0 - self.beta_1))
+                num = m
+            alpha = lr * ops.sqrt(bc2) / (1.0 - ops.power(self.beta_1, t))
+            eps = self.epsilon
+            mems, weights, second = (num,), None, g
+        else:
+            num, mems, weights = self._memory_step(idx, g)
+            root = ops.sqrt(bc2)
+            alpha, eps, second = lr * root, self.epsilon * root, num
         v = self._velocities[idx]
-        v_new = v + (ops.square(second) - v) * (1.0 - self.beta_2)
-        self.assign(v, v_new)
+        self.assign_add(v, (ops.square(second) - v) * (1.0 - self.beta_2))
         if self.amsgrad:
             v_hat = self._velocity_hats[idx]
-            v_new = ops.maximum(v_hat, v_new)
-            self.assign(v_hat, v_new)
-        bc2 = 1.0 - ops.power(self.beta_2, t)
-        update = lr * num / (ops.sqrt(v_new / bc2) + eps)
+            self.assign(v_hat, ops.maximum(v_hat, v))
+            v = v_hat
+        # lr * e / (sqrt(v / bc2) + eps) == (lr sqrt(bc2)) e / (sqrt(v) + eps sqrt(bc2))
+        update = ops.divide(ops.multiply(num, alpha), ops.add(ops.sqrt(v), eps))
         if self.stats_every:
             self._record_stats(idx, variable, g, mems, weights, update)
         self.assign_sub(variable, update)
+
+    @property
+    def _low_precision(self) -> bool:
+        return self.state_dtype != "float32"
+
+    @staticmethod
+    def _widen(var, dtype):
+        """A state variable in the compute dtype (the variable itself when it already is)."""
+        return var if var.dtype == dtype else ops.cast(var, dtype)
+
+    def _read_state(self, var, dtype):
+        """A memory variable's current value (a read, not the variable) in the compute dtype."""
+        if var.dtype != dtype:
+            return ops.cast(var, dtype)      # bfloat16 state is widened
+        return ops.copy(var)                 # a read: later assignments do not change it
+
+    def _store(self, var, value):
+        """``var <- value``, rounded to nearest in the state dtype (see ``state_dtype``)."""
+        self.assign(var, value if value.dtype == var.dtype else ops.cast(value, var.dtype))
+
+    def _memory_step(self, idx, g):
+        """Update the three memories; return ``(effective, new memories, weights)``."""
+        dtype = g.dtype
+        mem_vars = [tier[idx] for tier in self._memories]
+        n = int(np.prod(g.shape))
+        xla = _in_xla_context()
+        if n <= STACK_MAX_ELEMENTS and not xla:
+            return self._memory_step_stacked(idx, g, mem_vars, n)
+        old = [self._read_state(m, dtype) for m in mem_vars]
+        mode = self.memory_blend_mode
+        # (bfloat16 tiers under XLA: reading the new float32 tiers back would store them
+        # twice, in float32 for the readers and rounded for the variable)
+        from_old = not xla or mode == "adaptive" or self._low_precision
+        if mode == "adaptive":
+            weights = ops.reshape(
+                self._adaptive_weights(idx, memory.cosines(g, old, blocked=xla)), (1, 3))
+        elif mode == "fixed":
+            weights = self.fixed_weights
+        elif from_old:
+            dots = ops.stack([memory.vdot(g, g, xla)] + [memory.vdot(g, m, xla) for m in old])
+            weights = memory.attention_weights_from_dots(
+                ops.reshape(dots, (4, 1)), self.decays, n)
+        new = memory.update_memories(old, g, self.decays)
+        for var, value in zip(mem_vars, new):
+            self._store(var, value)
+        if from_old:
+            if isinstance(weights, tuple):  # fixed: Python floats, no tensor work
+                c_g, c = memory.mix_coefficients(weights, self.decays, self.memory_mix)
+            else:
+                row = memory.mix_row(weights, self.decays, self.memory_mix, dtype)
+                c_g, *c = ops.unstack(ops.reshape(row, (4,)), 4)
+            effective = memory.effective_from_old(g, old, c_g, c)
+        else:
+            if mode == "attention":
+                weights = memory.attention_weights(g, new, n, blocked=True)
+            effective = memory.mix(g, memory.combine(weights, new), self.memory_mix)
+        return effective, new, self._weights_for_stats(weights, dtype)
+
+    def _memory_step_stacked(self, idx, g, mem_vars, n):
+        """``_memory_step`` for a small tensor: few ops on ``[g; M_s; M_m; M_l]`` stacked."""
+        dtype = g.dtype
+        old = [m.value if m.dtype == dtype else ops.cast(m.value, dtype) for m in mem_vars]
+        stacked, rows = memory.stack_rows(g, old)  # reads each memory once (a snapshot)
+        mode = self.memory_blend_mode
+        if mode == "fixed":
+            weights = self.fixed_weights
+        else:
+            dots = memory.stacked_dots(rows, g)  # (4, 1): <g,g>, <g,M_i>
+            if mode == "attention":
+                weights = memory.attention_weights_from_dots(dots, self.decays, n)
+            else:
+                sq = ops.sum(ops.square(rows[1:]), axis=1)
+                dots = ops.reshape(dots, (4,))
+                weights = ops.reshape(self._adaptive_weights(
+                    idx, memory.cosines_from_sums(dots[0], sq, dots[1:])), (1, 3))
+        row = memory.mix_row(weights, self.decays, self.memory_mix, dtype)
+        effective = memory.stacked_effective(row, rows, g.shape)
+        new = memory.stacked_update_memories(stacked, self.decays)
+        for var, value in zip(mem_vars, new):
+            self._store(var, value)
+        return effective, new, self._weights_for_stats(weights, dtype)
+
+    def _adaptive_weights(self, idx, cos):
+        logits_var = self._blend_logits[idx]
+        logits = memory.adaptive_logits_step(
+            logits_var, cos, self.adaptive_rate, memory.ADAPTIVE_LOGIT_BOUND)
+        self.assign(logits_var, logits)
+        return ops.softmax(logits)
+
+    def _weights_for_stats(self, weights, dtype):
+        if not self.stats_every:
+            return None
+        if isinstance(weights, (list, tuple)):
+            return ops.convert_to_tensor(weights, dtype)
+        return ops.reshape(weights, (3,))
 
     def _record_stats(self, idx, variable, g, mems, weights, update):
         """Write STAT_FIELDS on the last applied update of each ``stats_every`` window."""
@@ -528,5 +707,6 @@ class NestedLearningOptimizer(keras.optimizers.Optimizer):
             "adaptive_rate": self.adaptive_rate,
             "variable_depths": dict(self._variable_depths) or None,
             "stats_every": self.stats_every,
+            "state_dtype": self.state_dtype,
         })
         return config

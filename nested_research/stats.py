@@ -16,7 +16,21 @@ Fields (``None`` where the configuration has no such quantity):
     cos_short/medium/long           cosine(gradient, tier)      (stats_every > 0)
     grad_norm, update_norm, param_norm, update_ratio, stats_step  (stats_every > 0)
 
-Everything here reads optimizer variables; nothing runs in the training step.
+The in-step fields (``stats_every > 0``) are those the optimizer recorded at
+the layer's last update of the latest ``stats_every`` window (``stats_step``
+is that step, 0-based); they are ``None`` until a first record exists.
+
+Two readers compute the same per-variable sums (``RAW_FIELDS``), then one
+aggregation turns them into layer rows:
+
+* ``layer_stats(opt)`` (what ``memory_stats()`` returns): copies the variables
+  to the host and sums in float64 NumPy.
+* ``StatsReader(opt).read()`` (what the W&B tracker uses on logging steps):
+  one ``tf.function`` reduces every variable on the device and returns a small
+  ``[variables, fields]`` matrix, so reading the statistics of a large model
+  moves a few kilobytes, not the optimizer state.
+
+Nothing here runs in the training step.
 """
 
 from __future__ import annotations
@@ -36,6 +50,17 @@ FIELDS = (
     "grad_norm", "update_norm", "param_norm", "update_ratio", "stats_step",
 )
 
+#: Per-variable sums both readers produce, before the optimizer's ``STAT_FIELDS``
+#: (appended when ``stats_every > 0``).  ``tier_sq_*`` are the squared norms of
+#: the memory tiers (memory off: tier 0 is the first moment, the others 0);
+#: ``blend_*`` the adaptive retrieval weights (softmax of the logits; else 0).
+RAW_FIELDS = ("updates", "accum_sq", "v_sum", "tier_sq_0", "tier_sq_1", "tier_sq_2",
+              "blend_0", "blend_1", "blend_2")
+
+#: In-step fields, ``None`` until the optimizer has recorded statistics once.
+IN_STEP_FIELDS = ("cos_short", "cos_medium", "cos_long", "grad_norm", "update_norm",
+                  "param_norm", "update_ratio", "stats_step")
+
 
 def layer_of(path: str) -> str:
     return path.rsplit("/", 1)[0] if "/" in path else path
@@ -54,71 +79,179 @@ def last_update_step(iterations: int, interval: int, warmup_steps: int) -> int |
     return warmup_steps - 1 if warmup_steps > 0 else None
 
 
+def is_update_step(step: int, interval: int, warmup_steps: int) -> bool:
+    """Host-side twin of ``intervals.is_update_step`` (``step`` 0-based)."""
+    return step < warmup_steps or (step - warmup_steps + 1) % interval == 0
+
+
+class Layout:
+    """How an optimizer's variables group into layers, with each layer's depth and interval."""
+
+    def __init__(self, opt):
+        if not opt.built:
+            raise RuntimeError("memory_stats: the optimizer is not built yet (no step taken)")
+        self.groups: "OrderedDict[str, list[int]]" = OrderedDict()
+        for i, var in enumerate(opt._trainable_variables):
+            self.groups.setdefault(layer_of(var.path), []).append(i)
+        self.sizes, self.depth, self.interval = {}, {}, {}
+        for layer, idxs in self.groups.items():
+            vars_ = [opt._trainable_variables[i] for i in idxs]
+            self.sizes[layer] = np.array([max(int(np.prod(v.shape)), 1) for v in vars_],
+                                         dtype=np.float64)
+            depths = [d for d in (opt._depth_of(v.path) for v in vars_) if d is not None]
+            self.depth[layer] = min(depths) if depths else None
+            self.interval[layer] = max(opt._intervals[i] for i in idxs)
+        self.warmup_steps = int(opt.warmup_steps)
+
+    @property
+    def layers(self) -> list[str]:
+        return list(self.groups)
+
+
+def _columns(opt) -> dict:
+    from nested_research.optimizer import STAT_FIELDS
+
+    names = list(RAW_FIELDS) + ([f"stat_{f}" for f in STAT_FIELDS] if opt.stats_every else [])
+    return {name: j for j, name in enumerate(names)}
+
+
 def _sq(x) -> float:
     x = np.asarray(x, dtype=np.float64)
     return float(np.sum(x * x))
 
 
-def layer_stats(opt) -> "OrderedDict[str, dict]":
-    """``{layer: {field: value}}`` for every layer the optimizer updates."""
-    if not opt.built:
-        raise RuntimeError("memory_stats: the optimizer is not built yet (no step taken)")
-    from nested_research.optimizer import STAT_FIELDS
+def _softmax(x):
+    e = np.exp(x - np.max(x))
+    return e / e.sum()
 
-    iterations = int(np.asarray(opt.iterations))
-    groups: "OrderedDict[str, list[int]]" = OrderedDict()
-    for i, var in enumerate(opt._trainable_variables):
-        groups.setdefault(layer_of(var.path), []).append(i)
-    col = {name: j for j, name in enumerate(STAT_FIELDS)}
+
+def variable_sums(opt) -> tuple[np.ndarray, int]:
+    """``RAW_FIELDS`` (+ the in-step record) per variable, in float64 NumPy; and ``iterations``."""
+    col = _columns(opt)
+    raw = np.zeros((len(opt._trainable_variables), len(col)), np.float64)
+    for i in range(len(opt._trainable_variables)):
+        raw[i, col["updates"]] = float(np.asarray(opt._update_counts[i]))
+        if opt._accumulators[i] is not None:
+            raw[i, col["accum_sq"]] = _sq(opt._accumulators[i])
+        raw[i, col["v_sum"]] = float(np.sum(np.asarray(opt._velocities[i], np.float64)))
+        for t, tier_vars in enumerate(opt._memories):
+            raw[i, col[f"tier_sq_{t}"]] = _sq(tier_vars[i])
+        if opt.memory_blend_mode == "adaptive":
+            raw[i, col["blend_0"]:col["blend_2"] + 1] = _softmax(
+                np.asarray(opt._blend_logits[i], np.float64))
+        if opt.stats_every:
+            start = len(RAW_FIELDS)
+            raw[i, start:] = np.asarray(opt._stats[i], np.float64)
+    return raw, int(np.asarray(opt.iterations))
+
+
+class StatsReader:
+    """Reads ``memory_stats()`` with one on-device reduction per call (see the module doc).
+
+    ``read()`` returns ``(iterations, {layer: {field: value}})``; build the
+    reader once (after the optimizer is built) and call it on logging steps.
+    ``calls`` counts the reads.
+    """
+
+    def __init__(self, opt):
+        import tensorflow as tf
+
+        self.opt = opt
+        self.layout = Layout(opt)
+        self.calls = 0
+        self._fn = tf.function(self._sums, autograph=False)
+
+    def _sums(self):
+        import tensorflow as tf
+
+        opt = self.opt
+        f32 = lambda x: tf.cast(x, tf.float32)  # noqa: E731
+        zero = tf.zeros((), tf.float32)
+        rows = []
+        for i in range(len(opt._trainable_variables)):
+            cols = [f32(opt._update_counts[i].value)]
+            acc = opt._accumulators[i]
+            cols.append(tf.reduce_sum(tf.square(f32(acc.value))) if acc is not None else zero)
+            cols.append(tf.reduce_sum(f32(opt._velocities[i].value)))
+            tiers = [tf.reduce_sum(tf.square(f32(t[i].value))) for t in opt._memories]
+            cols += tiers + [zero] * (3 - len(tiers))
+            if opt.memory_blend_mode == "adaptive":
+                probs = tf.nn.softmax(f32(opt._blend_logits[i].value))
+                cols += [probs[0], probs[1], probs[2]]
+            else:
+                cols += [zero] * 3
+            row = tf.stack(cols)
+            if opt.stats_every:
+                row = tf.concat([row, f32(opt._stats[i].value)], axis=0)
+            rows.append(row)
+        return tf.stack(rows), tf.identity(opt.iterations.value)
+
+    def read(self) -> tuple[int, "OrderedDict[str, dict]"]:
+        raw, iterations = self._fn()
+        self.calls += 1
+        iterations = int(iterations.numpy())
+        return iterations, aggregate(self.opt, self.layout, raw.numpy().astype(np.float64),
+                                     iterations)
+
+    @property
+    def traces(self) -> int:
+        """How many times the reduction was traced (1 after the first read)."""
+        return self._fn.experimental_get_tracing_count()
+
+
+def aggregate(opt, layout: Layout, raw: np.ndarray, iterations: int) -> "OrderedDict[str, dict]":
+    """Layer rows (``FIELDS``) from per-variable sums (``variable_sums``/``StatsReader``)."""
+    col = _columns(opt)
     out = OrderedDict()
-    for layer, idxs in groups.items():
-        vars_ = [opt._trainable_variables[i] for i in idxs]
-        sizes = np.array([max(int(np.prod(v.shape)), 1) for v in vars_], dtype=np.float64)
+    for layer, idxs in layout.groups.items():
+        s = raw[idxs]
+        sizes = layout.sizes[layer]
         row = dict.fromkeys(FIELDS)
-        depths = [opt._depth_of(v.path) for v in vars_]
-        row["depth"] = min(d for d in depths if d is not None) if any(
-            d is not None for d in depths) else None
-        row["interval"] = max(opt._intervals[i] for i in idxs)
-        row["applied_updates"] = int(min(float(np.asarray(opt._update_counts[i])) for i in idxs))
-        last = last_update_step(iterations, row["interval"], opt.warmup_steps)
+        row["depth"] = layout.depth[layer]
+        row["interval"] = layout.interval[layer]
+        row["applied_updates"] = int(round(s[:, col["updates"]].min()))
+        last = last_update_step(iterations, row["interval"], layout.warmup_steps)
         row["steps_since_update"] = None if last is None else iterations - 1 - last
-        accs = [opt._accumulators[i] for i in idxs if opt._accumulators[i] is not None]
-        row["accum_norm"] = math.sqrt(sum(_sq(a) for a in accs)) if accs else 0.0
-        v_sum = sum(float(np.sum(np.asarray(opt._velocities[i], np.float64))) for i in idxs)
-        row["v_rms"] = math.sqrt(max(v_sum, 0.0) / float(sizes.sum()))
-        for tier_vars, tier in zip(opt._memories, TIERS):
-            row[f"norm_{tier}"] = math.sqrt(sum(_sq(tier_vars[i]) for i in idxs))
+        row["accum_norm"] = math.sqrt(max(s[:, col["accum_sq"]].sum(), 0.0))
+        row["v_rms"] = math.sqrt(max(s[:, col["v_sum"]].sum(), 0.0) / float(sizes.sum()))
+        for t, tier in enumerate(TIERS[:len(opt._memories)]):
+            row[f"norm_{tier}"] = math.sqrt(max(s[:, col[f"tier_sq_{t}"]].sum(), 0.0))
         if opt.memory_blend_mode == "fixed":
             for tier, w in zip(TIERS, opt.fixed_weights):
                 row[f"weight_{tier}"] = w
         elif opt.memory_blend_mode == "adaptive":
-            probs = np.stack([_softmax(np.asarray(opt._blend_logits[i])) for i in idxs])
-            mean = (probs * sizes[:, None]).sum(0) / sizes.sum()
-            for tier, w in zip(TIERS, mean):
-                row[f"weight_{tier}"] = float(w)
+            for t, tier in enumerate(TIERS):
+                row[f"weight_{tier}"] = float((s[:, col[f"blend_{t}"]] * sizes).sum()
+                                              / sizes.sum())
         if opt.stats_every:
-            s = np.stack([np.asarray(opt._stats[i], np.float64) for i in idxs])
-            grad_sq = s[:, col["grad_sq"]].sum()
-            row["grad_norm"] = math.sqrt(grad_sq)
-            if opt.memory_on:
-                for tier in TIERS:
-                    denom = math.sqrt(grad_sq * s[:, col[f"mem_sq_{tier}"]].sum())
-                    row[f"cos_{tier}"] = float(s[:, col[f"dot_{tier}"]].sum() / denom) \
-                        if denom > 0 else 0.0
-                    row[f"weight_{tier}"] = float(
-                        (s[:, col[f"weight_{tier}"]] * sizes).sum() / sizes.sum())
-            row["update_norm"] = math.sqrt(s[:, col["update_sq"]].sum())
-            row["param_norm"] = math.sqrt(s[:, col["param_sq"]].sum())
-            row["update_ratio"] = row["update_norm"] / row["param_norm"] \
-                if row["param_norm"] > 0 else 0.0
-            row["stats_step"] = int(s[:, col["step"]].max())
+            _in_step(opt, row, s, sizes, col)
         out[layer] = row
     return out
 
 
-def _softmax(x):
-    e = np.exp(x - np.max(x))
-    return e / e.sum()
+def _in_step(opt, row, s, sizes, col):
+    st = lambda name: s[:, col[f"stat_{name}"]]  # noqa: E731
+    grad_sq = st("grad_sq").sum()
+    if grad_sq <= 0 and st("param_sq").sum() <= 0 and st("update_sq").sum() <= 0:
+        return  # nothing recorded yet
+    row["grad_norm"] = math.sqrt(grad_sq)
+    if opt.memory_on:
+        for tier in TIERS:
+            denom = math.sqrt(grad_sq * st(f"mem_sq_{tier}").sum())
+            row[f"cos_{tier}"] = float(st(f"dot_{tier}").sum() / denom) if denom > 0 else 0.0
+            row[f"weight_{tier}"] = float((st(f"weight_{tier}") * sizes).sum() / sizes.sum())
+    row["update_norm"] = math.sqrt(max(st("update_sq").sum(), 0.0))
+    row["param_norm"] = math.sqrt(max(st("param_sq").sum(), 0.0))
+    row["update_ratio"] = row["update_norm"] / row["param_norm"] \
+        if row["param_norm"] > 0 else 0.0
+    row["stats_step"] = int(round(st("step").max()))
+
+
+def layer_stats(opt) -> "OrderedDict[str, dict]":
+    """``{layer: {field: value}}`` for every layer the optimizer updates (host copy, float64)."""
+    layout = Layout(opt)
+    raw, iterations = variable_sums(opt)
+    return aggregate(opt, layout, raw, iterations)
 
 
 def format_table(stats: dict) -> str:

@@ -207,3 +207,69 @@ def test_compression_inside_the_optimizer():
     for x, y, p in zip(a, b, params):
         np.testing.assert_allclose(x.numpy(), y.numpy(), rtol=1e-4, atol=1e-7)
         np.testing.assert_allclose(x.numpy(), p, rtol=1e-4, atol=1e-7)
+
+
+# ---------------------------------------------------------------- step forms (speed)
+# The step has three forms (``NestedLearningOptimizer._apply``): stacked small tensors and
+# elementwise large tensors in graph/eager mode, and the XLA form.  Each must give the
+# reference's numbers.  (64, 40) is large enough for the blocked XLA reductions, (2051,)
+# is not a multiple of their block, () is a scalar.
+FORM_SHAPES = [(7,), (4, 5), (), (64, 40), (2051,)]
+
+
+@pytest.mark.parametrize("mode", ["fixed", "attention", "adaptive", "none"])
+@pytest.mark.parametrize("form", ["stacked", "elementwise", "xla"])
+def test_every_step_form_matches_the_reference(mode, form, monkeypatch):
+    import tensorflow as tf
+    import nested_research.optimizer as optimizer_module
+
+    if form == "elementwise":
+        monkeypatch.setattr(optimizer_module, "STACK_MAX_ELEMENTS", 0)
+    amsgrad = mode in ("attention", "none")
+    opt = NestedLearningOptimizer(memory_blend_mode=mode, learning_rate=0.01, amsgrad=amsgrad)
+    # lr as the float32 variable holds it, so that the comparison is float64-tight
+    ref = NumpyNested(FORM_SHAPES, mode=mode, lr=float(np.float32(0.01)), amsgrad=amsgrad)
+    variables = make_vars(FORM_SHAPES, zeros=False)
+    params = [v.numpy().astype(float) for v in variables]
+    opt.build(variables)
+    if form == "xla":
+        step = tf.function(lambda g: opt.apply(g, variables), jit_compile=True)
+    else:
+        step = lambda g: opt.apply(g, variables)  # noqa: E731
+    # (the adaptive logits start from a float32 constant)
+    rtol, atol = (1e-7, 1e-10) if mode == "adaptive" else (1e-9, 1e-12)
+    for grads in grad_stream(FORM_SHAPES, 12, seed=5):
+        step([tf.constant(g, tf.float64) for g in grads])
+        params = ref.step(params, grads)
+        for v, p in zip(variables, params):
+            np.testing.assert_allclose(v.numpy(), p, rtol=rtol, atol=atol)
+    if mode != "none":
+        for tier_vars, ref_tier in zip(opt._memories, ref.mems):
+            for m, r in zip(tier_vars, ref_tier):
+                np.testing.assert_allclose(m.numpy(), r, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_skipped_steps_branch_around_the_math(accumulate):
+    """Interval k > 1: the update math lives in a ``cond`` branch, not computed and discarded."""
+    import tensorflow as tf
+
+    shapes = [(6, 5), (5,)]
+    variables = make_vars(shapes, dtype="float32")
+    opt = NestedLearningOptimizer(auto_schedule=False, default_interval=3,
+                                  accumulate_gradients=accumulate)
+    opt.build(variables)
+    grads = [tf.zeros(s) for s in shapes]
+    graph = tf.function(lambda g: opt.apply(g, variables)).get_concrete_function(grads).graph
+    top = [op.type for op in graph.get_operations()]
+    branches = [op for op in graph.get_operations() if op.type in ("If", "StatelessIf")]
+    assert len(branches) == len(shapes)
+    math_ops = {"Sqrt", "MatMul", "Softmax", "AssignSubVariableOp"}
+    assert not math_ops & set(top)          # nothing of the update outside the branches
+    fdef = {f.signature.name: f for f in graph.as_graph_def().library.function}
+    for op in branches:
+        then_ops = {n.op for n in fdef[op.get_attr("then_branch").name].node_def}
+        else_ops = {n.op for n in fdef[op.get_attr("else_branch").name].node_def}
+        assert {"Sqrt", "AssignSubVariableOp"} <= then_ops
+        assert not math_ops & else_ops
+        assert ("AssignAddVariableOp" in else_ops) == accumulate  # the accumulator, if any
