@@ -490,8 +490,11 @@ class NestedLearningOptimizer(keras.optimizers.Optimizer):
         - XLA: XLA on CPU fuses each output separately (no multi-output
           fusion) and copies a variable that more than one fusion reads before
           updating it in place, so the new memories are computed once and the
-          retrieval reads them, with blocked reductions (``vdot``).  (bfloat16
-          tiers and the adaptive mode read the old memories: see below.)
+          retrieval reads them, with blocked reductions (``vdot``).  bfloat16
+          tiers read the old memories instead (reading the new float32 values
+          back would store them twice: in float32 for the readers and rounded
+          for the variable), and so does the adaptive mode, whose cosines are
+          of the old memories.
 
         The second moment is updated in place and re-read, and the parameter
         step is ``(lr sqrt(bc2)) e / (sqrt(v) + eps sqrt(bc2))``, the module
@@ -564,9 +567,7 @@ class NestedLearningOptimizer(keras.optimizers.Optimizer):
             return self._memory_step_stacked(idx, g, mem_vars, n)
         old = [self._read_state(m, dtype) for m in mem_vars]
         mode = self.memory_blend_mode
-        # (bfloat16 tiers under XLA: reading the new float32 tiers back would store them
-        # twice, in float32 for the readers and rounded for the variable)
-        from_old = not xla or mode == "adaptive" or self._low_precision
+        from_old = not xla or mode == "adaptive" or self._low_precision  # see _apply
         if mode == "adaptive":
             weights = ops.reshape(
                 self._adaptive_weights(idx, memory.cosines(g, old, blocked=xla)), (1, 3))

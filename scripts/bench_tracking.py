@@ -1,30 +1,26 @@
-"""Cost of experiment tracking per training step: in-step statistics, their readout, W&B logging.
+"""Cost of experiment tracking per training step, part by part, on the default workloads.
 
-Trains the digits MLP and the MNIST-1D CNN (the framework's default workloads, batch 32 / 64)
-with the nested optimizer, one model per variant, all built alike:
+For the digits MLP and the MNIST-1D CNN (batch 32 / 64, the nested optimizer, cached batches so
+no input pipeline work is timed) it measures, each as a median over many repetitions:
 
-    plain            no tracker, optimizer stats_every=0               (pure training)
-    plain_again      the same, a second model: the noise floor of the comparison
-    instep_N         no tracker, optimizer stats_every=N               (in-graph recording only)
-    wandb_off        W&B offline tracker, default log_every (train/* rows), no layer
-                     statistics, no optimizer timing
-    wandb_N          the same plus stats_every=N and the default timing_every (N=50: the
-                     default stats_every)
+    step            one train step, statistics off (the compiled train function)
+    in-step         the same step with the optimizer's stats_every=N (N: the tracker's default,
+                    and 1), minus ``step``: what the in-graph recording costs on every step
+    A/A             a second model without statistics, minus ``step``: the noise floor
+    read            the tracker's statistics read on a logging step (one on-device reduction
+                    plus the per-layer rows), every N steps
+    layer row       handing that row (about 20 keys per layer) to W&B, every N steps
+    timing          the optimizer timing (``OptimizerTimer.measure``), every ``timing_every``
+    train row       a ``train/*`` row to W&B, every ``log_every`` steps
 
-Method (robust on a shared, busy machine): the variants train in turns, block by block, each
-block ``--block`` steps (default 200: every block holds the same number of logging, statistics
-and timing steps), the variants' order shuffled every round.  Each step is what ``model.fit``
-does: the compiled train function, the logs made Python numbers, the callbacks'
-``on_train_batch_end`` (the batches are a cached, fixed set: no input pipeline work is
-timed); a tracked block ends when its logging thread has drained.  After
-``--warmup`` steps per variant (at least ``timing_every + 1``: the traces of the train step, the
-statistics reader and the optimizer timer), ``--rounds`` rounds are timed with two clocks: wall time, and CPU time of
-this process and its children (W&B's service process); CPU time is what the tracking costs and
-is far less disturbed by other load on a shared machine.  The overhead of a variant is the
-median over rounds of its block's CPU (wall) time divided by ``plain``'s in the same round (and
-by ``wandb_off``'s, for what the statistics and timing add to the logging).
+(a row's cost is ``run.log``'s time in this process plus the mean CPU time W&B's service
+process spends on it; the tracker calls ``run.log`` on a background thread)
+The models' steps are interleaved one by one (A, B, C, A, B, C, ...) so that load on a shared
+machine hits them alike; W&B rows are timed with ``run.log`` called directly.  The table gives
+each part's cost per call, per step (divided by its period) and as a share of ``step``; the
+totals are the statistics (in-step + read + layer row) and all tracking with the defaults.
 
-    python scripts/bench_tracking.py [--rounds 15] [--block 200] [--every 50 1]
+    python scripts/bench_tracking.py [--steps 3000] [--calls 60] [--every N]
 """
 
 from __future__ import annotations
@@ -33,7 +29,6 @@ import argparse
 import contextlib
 import io
 import os
-import random
 import statistics
 import sys
 import tempfile
@@ -49,7 +44,7 @@ import psutil  # noqa: E402
 from nested_research import NestedLearningOptimizer  # noqa: E402
 from nested_research.data import load_splits  # noqa: E402
 from nested_research.models import build_cnn, build_mlp  # noqa: E402
-from nested_research.tracking import WandbTracker  # noqa: E402
+from nested_research.tracking import WandbTracker, layer_log  # noqa: E402
 
 WORKLOADS = {
     "digits_mlp": ("sklearn_digits", 32, build_mlp),
@@ -57,162 +52,129 @@ WORKLOADS = {
 }
 
 
-def cpu_seconds() -> float:
-    """User + system time of this process and its children (W&B's service)."""
-    me = psutil.Process()
-    total = time.process_time()  # this process, all threads, nanosecond clock
-    for child in me.children(recursive=True):
+def make_model(workload: str, data, stats_every: int):
+    """A compiled model, its optimizer and an iterator over a cached set of batches."""
+    _, _, build = WORKLOADS[workload]
+    keras.utils.set_random_seed(0)
+    model = build(input_shape=tuple(data.input_shape), num_classes=data.num_classes)
+    opt = NestedLearningOptimizer(learning_rate=1e-3, stats_every=stats_every,
+                                  steps_per_epoch=data.steps_per_epoch)
+    opt.compute_depths_from_model(model)
+    model.compile(optimizer=opt, metrics=["accuracy"],
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    iterator = iter(data.train.take(min(data.steps_per_epoch, 40)).cache().repeat())
+    model.make_train_function()
+    return model, opt, iterator
+
+
+def median_ms(fn, calls: int) -> float:
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def service_cpu_seconds() -> float:
+    """CPU time so far of this process's children: W&B's service (wandb-core)."""
+    total = 0.0
+    for child in psutil.Process().children(recursive=True):
         with contextlib.suppress(psutil.Error):
             total += sum(child.cpu_times()[:2])
     return total
 
 
-class Variant:
-    """One model, its optimizer, iterator and (for wandb_*) tracker callback."""
-
-    def __init__(self, name: str, workload: str, data, out: str, log_every: int | None):
-        _, _, build = WORKLOADS[workload]
-        keras.utils.set_random_seed(0)
-        self.name = name
-        self.model = build(input_shape=tuple(data.input_shape), num_classes=data.num_classes)
-        n = int(name.rsplit("_", 1)[1]) if name[-1].isdigit() else 0
-        # A fixed set of batches, cached: no shuffling or decoding in the timed steps.
-        batches = min(data.steps_per_epoch, 40)
-        self.opt = NestedLearningOptimizer(learning_rate=1e-3, stats_every=n,
-                                           steps_per_epoch=data.steps_per_epoch)
-        self.opt.compute_depths_from_model(self.model)
-        self.model.compile(optimizer=self.opt, metrics=["accuracy"],
-                           loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        self.iterator = iter(data.train.take(batches).cache().repeat())
-        self.model.make_train_function()
-        self.train = self.model.train_function
-        self.tracker, self.callbacks, self.step = None, [], 0
-        if name.startswith("wandb"):
-            extra = {} if log_every is None else {"log_every": log_every}
-            if name == "wandb_off":
-                extra["timing_every"] = 0
-            self.tracker = WandbTracker(mode="offline", dir=out, stats_every=n, **extra)
-            self.tracker.start({"bench": name, "workload": workload}, out)
-            self.callbacks = self.tracker.callbacks(self.opt)
-            for cb in self.callbacks:
-                cb.set_model(self.model)
-                cb.on_train_begin()
-                cb.on_epoch_begin(0)
-            cb = self.callbacks[0]
-            cb.read_stats = self._timed("read", cb.read_stats, time.process_time)
-            cb._timing = self._timed("timing", cb._timing, time.process_time)
-            if self.tracker._logger is not None:  # the logging thread's own CPU time
-                logger = self.tracker._logger
-                logger._log = self._timed("row", logger._log, time.thread_time)
-        self.costs = {}
-
-    def _timed(self, what, fn, clock):
-        """``fn`` that adds its CPU seconds per call to ``self.costs[what]``."""
-        def wrapper(*args, **kwargs):
-            start = clock()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.costs.setdefault(what, []).append(clock() - start)
-        return wrapper
-
-    def block(self, steps: int) -> tuple[float, float]:
-        """Wall and CPU seconds for ``steps`` steps, the logging thread drained."""
-        start, cpu = time.perf_counter(), cpu_seconds()
-        for _ in range(steps):
-            logs = {k: float(v) for k, v in self.train(self.iterator).items()}
-            for cb in self.callbacks:
-                cb.on_train_batch_end(self.step, logs)
-            self.step += 1
-        if self.tracker is not None and self.tracker._logger is not None:
-            self.tracker._logger.flush()
-        return time.perf_counter() - start, cpu_seconds() - cpu
-
-    def close(self):
-        if self.tracker is not None:
-            with contextlib.redirect_stdout(io.StringIO()):
-                self.tracker.finish(None, optimizer=self.opt)
+def row_ms(run, row: dict, calls: int) -> float:
+    """``run.log(row)``: median wall time in this process plus the service's mean CPU time."""
+    before = service_cpu_seconds()
+    ms = median_ms(lambda: run.log(row), calls)
+    time.sleep(0.5)  # let the service catch up before reading its CPU time
+    return ms + (service_cpu_seconds() - before) / calls * 1e3
 
 
-def bench(workload: str, data, variants: list[str], args, out: str) -> dict:
-    runs = [Variant(v, workload, data, out, args.log_every) for v in variants]
-    # The warmup holds the first statistics read and the first timing call (both trace).
-    warmup = max(args.warmup, WandbTracker().timing_every + 1)
-    try:
-        for r in runs:
-            r.block(warmup)
-            r.costs = {}
-        times = {r.name: ([], []) for r in runs}
-        rng = random.Random(0)
-        for _ in range(args.rounds):
-            order = runs[:]
-            rng.shuffle(order)
-            for r in order:
-                wall, cpu = r.block(args.block)
-                times[r.name][0].append(wall / args.block * 1e3)
-                times[r.name][1].append(cpu / args.block * 1e3)
-    finally:
-        for r in runs:
-            r.close()
-    costs = {}
-    for r in runs:
-        for what, values in r.costs.items():
-            costs.setdefault(what, []).extend(values)
-    return times, costs
+def bench(workload: str, data, args, out: str) -> list[tuple]:
+    defaults = WandbTracker()
+    n = args.every or defaults.stats_every
+    models = {"step": make_model(workload, data, 0), "A/A": make_model(workload, data, 0),
+              f"in-step N={n}": make_model(workload, data, n),
+              "in-step N=1": make_model(workload, data, 1)}
+    step_times = {name: [] for name in models}
+    for i in range(args.steps + 50):
+        for name, (model, _, iterator) in models.items():
+            start = time.perf_counter()
+            logs = model.train_function(iterator)
+            float(logs["loss"])  # waits for the step, as a callback reading logs does
+            if i >= 50:  # the first steps trace
+                step_times[name].append(time.perf_counter() - start)
+    step = {name: statistics.median(t) * 1e3 for name, t in step_times.items()}
+
+    # The tracker's parts, on a tracked copy of the in-step model after a few logging steps.
+    model, opt, iterator = make_model(workload, data, n)
+    tracker = WandbTracker(mode="offline", dir=out, stats_every=n)
+    tracker.start({"bench": workload}, out)
+    cb = tracker.callbacks(opt)[0]
+    cb.set_model(model)
+    cb.on_train_begin()
+    cb.on_epoch_begin(0)
+    for b in range(2 * n + 1):
+        cb.on_train_batch_end(b, {k: float(v) for k, v in model.train_function(iterator).items()})
+    cb._timing()  # traces the timer
+    layer_row = dict(layer_log(cb.read_stats()), **{"trainer/step": cb.step})
+    train_row = {"train/loss": 1.0, "train/accuracy": 0.5, "train/lr": 1e-3,
+                 "timing/step_ms": 2.0, "trainer/step": cb.step}
+    parts = {
+        "read": median_ms(cb.read_stats, args.calls),
+        "layer row": row_ms(tracker.run, layer_row, args.calls * 5),
+        "timing": median_ms(cb._timing, max(args.calls // 3, 5)),
+        "train row": row_ms(tracker.run, train_row, args.calls * 5),
+    }
+    with contextlib.redirect_stdout(io.StringIO()):
+        tracker.finish(None, optimizer=opt)
+
+    base = step["step"]
+    rows = [("step", base, 1, base)]
+    for name in models:
+        if name != "step":
+            rows.append((name, step[name] - base, 1, step[name] - base))
+    periods = {"read": n, "layer row": n, "timing": defaults.timing_every,
+               "train row": defaults.log_every}
+    for name, ms in parts.items():
+        rows.append((name, ms, periods[name], ms / periods[name]))
+    stats = rows[2][3] + parts["read"] / n + parts["layer row"] / n
+    total = stats + parts["timing"] / defaults.timing_every + \
+        parts["train row"] / defaults.log_every
+    rows.append((f"statistics, N={n}", None, None, stats))
+    rows.append(("all tracking, defaults", None, None, total))
+    return rows, base
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--block", type=int, default=200)
-    parser.add_argument("--warmup", type=int, default=120)
-    parser.add_argument("--every", type=int, nargs="+", default=[50, 1])
-    parser.add_argument("--log-every", type=int, default=None,
-                        help="the tracker's log_every (default: the tracker's default)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="TensorFlow intra- and inter-op threads (default: TF's own)")
+    parser.add_argument("--steps", type=int, default=3000, help="timed steps per model")
+    parser.add_argument("--calls", type=int, default=60, help="repetitions of each W&B part")
+    parser.add_argument("--every", type=int, default=None,
+                        help="stats_every (default: the tracker's default)")
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
     parser.add_argument("--data-dir", default=os.environ.get("NESTED_RESEARCH_DATA_DIR",
                                                              "data_dir"))
     args = parser.parse_args(argv)
-    if args.threads:
-        import tensorflow as tf
-
-        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
-    variants = ["plain", "plain_again"] + [f"instep_{n}" for n in args.every] + \
-        ["wandb_off"] + \
-        [f"wandb_{n}" for n in args.every]
-    defaults = WandbTracker()
-    print(f"keras {keras.__version__}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}, "
-          f"log_every={args.log_every or defaults.log_every}, timing_every="
-          f"{defaults.timing_every}, TF threads {args.threads or 'default'}; {args.rounds} "
-          f"rounds of {args.block}-step blocks")
+    d = WandbTracker()
+    print(f"keras {keras.__version__}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; "
+          f"defaults stats_every={d.stats_every}, timing_every={d.timing_every}, "
+          f"log_every={d.log_every}; medians")
     with tempfile.TemporaryDirectory() as out:
         for workload in args.workloads:
             name, batch, _ = WORKLOADS[workload]
             data = load_splits(name, data_dir=args.data_dir, batch_size=batch, seed=0)
-            times, costs = bench(workload, data, variants, args, out)
-
-            def over(v, base, clock):
-                ratios = [a / b for a, b in zip(times[v][clock], times[base][clock])]
-                return f"{(statistics.median(ratios) - 1) * 100:+.1f}%"
-
-            print(f"\n{workload} (batch {batch}); medians, ms per step; overheads: CPU (wall)")
-            print(f"  {'variant':<10} {'wall':>6} {'cpu':>6}  {'vs plain':<16} {'vs wandb_off':<16}")
-            for v in variants:
-                rel = f"{over(v, 'wandb_off', 1)} ({over(v, 'wandb_off', 0)})" \
-                    if v.startswith("wandb") else ""
-                print(f"  {v:<10} {statistics.median(times[v][0]):6.2f} "
-                      f"{statistics.median(times[v][1]):6.2f}  "
-                      f"{over(v, 'plain', 1) + ' (' + over(v, 'plain', 0) + ')':<16} {rel}")
-            names = {"read": "statistics read (reduction + layer rows), per logging step",
-                     "timing": "optimizer timing, per timing step",
-                     "row": "one W&B row, logging thread (+ the service process, not here)"}
-            print("  CPU ms per call, median:")
-            for what in ("read", "timing", "row"):
-                if costs.get(what):
-                    print(f"    {statistics.median(costs[what]) * 1e3:6.2f}  {names[what]}")
+            rows, base = bench(workload, data, args, out)
+            print(f"\n{workload} (batch {batch})")
+            print(f"  {'part':<24} {'ms/call':>8} {'every':>6} {'ms/step':>8} {'of step':>8}")
+            for part, ms, every, per_step in rows:
+                call = "" if ms is None else f"{ms:8.3f}"
+                period = "" if every is None else f"{every:6d}"
+                print(f"  {part:<24} {call:>8} {period:>6} {per_step:8.3f} "
+                      f"{per_step / base * 100:7.1f}%")
     return 0
 
 
