@@ -75,7 +75,7 @@ def test_offline_run_records_config_metrics_layers_schedule(tmp_path, data_dir):
     wdir = tmp_path / "w"
     cfg = cfg_for("experiment=digits_mlp", "memory=attention", *SCHEDULE, "trainer.max_steps=12",
                   "trainer.verbose=0", "logger.stats_every=4", "logger.timing_every=4",
-                  f"logger.dir={wdir}")  # log_every: the default, 10
+                  "logger.log_model=true", f"logger.dir={wdir}")  # log_every: the default, 10
     out = tmp_path / "run"
     run(cfg, str(out))
     results = json.loads((out / "results.json").read_text())
@@ -150,6 +150,7 @@ def test_offline_run_records_config_metrics_layers_schedule(tmp_path, data_dir):
     assert "results.json" in wb.files
     saved = json.loads((pathlib.Path(wb.files_dir) / "results.json").read_text())
     assert saved["metrics"] == results["metrics"]
+    assert (f"model-{wb.run_id}", "model") in wb.artifacts  # logger.log_model=true
 
 
 # ---------------------------------------------------------------- values, and cost on other steps
@@ -270,6 +271,36 @@ def test_logger_none_prints_the_per_layer_table(tmp_path, data_dir, capsys):
 
 
 # ---------------------------------------------------------------- multirun, env, sweep id
+def test_jobs_get_their_own_runs_under_wandb_dir_with_sweep_id(tmp_path, data_dir,
+                                                               monkeypatch):
+    """Two jobs of one process (as a Hydra multirun or a sweep agent runs them)."""
+    import nested_research.tracking as tracking
+
+    wdir = tmp_path / "wandb_env_dir"
+    monkeypatch.setenv("WANDB_DIR", str(wdir))
+    monkeypatch.setenv("WANDB_SWEEP_ID", "sweep123")
+    for num, memory in enumerate(["attention", "fixed"]):
+        monkeypatch.setattr(tracking, "_hydra_job", lambda num=num: {
+            "num": num, "override_dirname": f"memory={memory}", "sweep_dir": str(tmp_path)})
+        cfg = cfg_for(f"memory={memory}", "trainer.max_steps=3", "trainer.verbose=0",
+                      "logger.stats_every=3", "logger.timing_every=0",
+                      f"logger.dir={tmp_path / 'ignored'}")
+        run(cfg, str(tmp_path / f"job{num}"))
+    runs = [read_run(str(p)) for p in sorted(wdir.glob("wandb/offline-run-*"))]
+    assert len(runs) == 2 and len({r.run_id for r in runs}) == 2
+    assert not (tmp_path / "ignored").exists()  # WANDB_DIR wins over logger.dir
+    by_mode = {r.config["memory"]["memory_blend_mode"]: r for r in runs}
+    assert set(by_mode) == {"attention", "fixed"}
+    for num, memory in enumerate(["attention", "fixed"]):
+        r = by_mode[memory]
+        assert r.exit_code == 0
+        assert "sweep:sweep123" in r.tags and r.group == "sweep123"
+        assert r.config["sweep_id"] == "sweep123" and r.config["hydra_job"]["num"] == num
+        assert r.name == f"sklearn_digits_mlp-nested-{memory}-s0-j{num}"
+        assert [row["trainer/step"] for row in layer_rows(r)] == [3]
+
+
+@pytest.mark.slow
 def test_multirun_jobs_get_their_own_runs_under_wandb_dir(tmp_path, data_dir):
     wdir = tmp_path / "wandb_env_dir"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", WANDB_MODE="offline",
