@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import math
 
-import tensorflow as tf
-
 
 def low_rank(gradient, rank: int):
     """Rank-``rank`` approximation of ``gradient`` (see the module docstring)."""
+    import tensorflow as tf  # (imported here: the rest of the optimizer runs on any backend)
+
     shape = tuple(gradient.shape)
     if len(shape) < 2:
         return gradient

@@ -49,12 +49,13 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
+import weakref
 
 import keras
 import numpy as np
 from keras import ops
 
-from nested_research import compression, intervals, memory
+from nested_research import compression, intervals, memory, sparse
 from nested_research.depths import compute_depths
 from nested_research.lr_schedule import PerEpochSchedule, validate_fractions
 
@@ -74,6 +75,22 @@ STAT_FIELDS = (
     "weight_short", "weight_medium", "weight_long",
     "update_sq", "param_sq", "step",
 )
+
+
+def _stat_gather_index(n_tiers: int) -> np.ndarray:
+    """Where each of ``STAT_FIELDS`` sits in ``[gram.flat, w_0, w_1, w_2, step, 0]``, the Gram
+    matrix being that of the rows ``[g, tier_1 .. tier_n, update, x]`` (missing tiers read 0)."""
+    r = n_tiers + 3
+    gram = lambda i, j: i * r + j  # noqa: E731
+    zero = r * r + 4
+    tier = lambda t: t + 1 if t < n_tiers else None  # noqa: E731
+    index = [gram(0, 0)]
+    index += [gram(tier(t), tier(t)) if tier(t) else zero for t in range(3)]
+    index += [gram(0, tier(t)) if tier(t) else zero for t in range(3)]
+    index += [r * r, r * r + 1, r * r + 2]
+    index += [gram(r - 2, r - 2), gram(r - 1, r - 1), r * r + 3]
+    assert len(index) == len(STAT_FIELDS)
+    return np.asarray(index, "int32")
 
 
 def _check_number(name, value, low=None, high=None, low_open=False, high_open=False,
@@ -402,6 +419,7 @@ class NestedLearningOptimizer(keras.optimizers.Optimizer):
         self._accumulators = []
         self._update_counts = []
         self._stats = []
+        self._stats_due_by_graph = weakref.WeakKeyDictionary()
         init_logits = memory.initial_adaptive_logits(self.fixed_weights)
         for var, k in zip(var_list, self._intervals):
             prefix = var.path.replace("/", "_")
@@ -437,12 +455,7 @@ class NestedLearningOptimizer(keras.optimizers.Optimizer):
     # ------------------------------------------------------------------ step
     def update_step(self, gradient, variable, learning_rate):
         idx = self._get_variable_index(variable)
-        gradient = ops.convert_to_tensor(gradient)
-        if hasattr(gradient, "indices") or tuple(gradient.shape) != tuple(variable.shape):
-            # IndexedSlices (embeddings): densify, with the variable's static shape.
-            gradient = ops.reshape(gradient, variable.shape)
-        if gradient.dtype != variable.dtype:
-            gradient = ops.cast(gradient, variable.dtype)
+        gradient = self._prepare_gradient(gradient, variable)
         lr = ops.cast(learning_rate, variable.dtype)
         k = self._intervals[idx]
         if k == 1:
@@ -456,20 +469,57 @@ class NestedLearningOptimizer(keras.optimizers.Optimizer):
             ops.cond(due, lambda: self._apply(idx, variable, gradient, lr), lambda: None)
             return
 
+        def add(g, a):
+            return a + g
+
         def apply_window():
             n = float(k) if self.warmup_steps <= 0 else \
                 ops.where(ops.less(step, self.warmup_steps), 1.0, float(k))
-            total = self._widen(acc, variable.dtype) + gradient
+            total = self._elementwise(add, gradient, self._widen(acc, variable.dtype))
             self._apply(idx, variable, total / ops.cast(n, variable.dtype), lr)
             self.assign(acc, ops.zeros_like(acc))
 
         def accumulate():
             if self._low_precision:  # add in full precision, round once
-                self._store(acc, self._widen(acc, variable.dtype) + gradient)
+                self._store(acc, self._elementwise(add, gradient, self._widen(acc, variable.dtype)))
+            elif isinstance(gradient, sparse.RowSparse):
+                self.assign_add(acc, sparse.as_indexed_slices(gradient))  # a scatter-add
             else:
                 self.assign_add(acc, gradient)
 
         ops.cond(due, apply_window, accumulate)
+
+    def _prepare_gradient(self, gradient, variable):
+        """The gradient in the variable's dtype and static shape: a dense tensor, or a
+        ``sparse.RowSparse`` for ``IndexedSlices`` where the sparse rules apply.
+
+        Sparse gradients stay sparse (no table-sized gradient, see ``sparse.py``)
+        for variables above ``STACK_MAX_ELEMENTS`` elements, in graph mode, without
+        gradient compression; otherwise they are densified (a small table costs its
+        ops, not its bytes; XLA cannot compile the merge of duplicate rows; the
+        low-rank projection needs the matrix).
+        """
+        dtype = variable.dtype
+        if sparse.is_indexed_slices(gradient):
+            n = int(np.prod(variable.shape))
+            if n > STACK_MAX_ELEMENTS and not _in_xla_context() and \
+                    not self.use_gradient_compression:
+                return sparse.from_indexed_slices(gradient, variable.shape, dtype)
+            gradient = sparse.densify_slices(gradient)
+        gradient = ops.convert_to_tensor(gradient)
+        if tuple(gradient.shape) != tuple(variable.shape):
+            # densified IndexedSlices (embeddings) lose the static shape
+            gradient = ops.reshape(gradient, variable.shape)
+        if gradient.dtype != dtype:
+            gradient = ops.cast(gradient, dtype)
+        return gradient
+
+    @staticmethod
+    def _elementwise(fn, g, *state):
+        """``fn(g, *state)``; for a row-sparse ``g`` without a dense gradient (``sparse.py``)."""
+        if isinstance(g, sparse.RowSparse):
+            return sparse.rowwise(fn, g, *state)
+        return fn(g, *state)
 
     def _apply(self, idx, variable, g, lr):
         """One applied update of ``variable`` (module docstring), in as few passes as we can.
@@ -512,9 +562,10 @@ class NestedLearningOptimizer(keras.optimizers.Optimizer):
         if not self.memory_on:
             # keras.optimizers.Adam, op for op (with this variable's own count t).
             (m,) = (tier[idx] for tier in self._memories)
-            if self._low_precision:  # widen, update, round on store; step with the f32 value
-                m_old = ops.cast(m, dtype)
-                num = m_old + (g - m_old) * (1.0 - self.beta_1)
+            if self._low_precision or isinstance(g, sparse.RowSparse):
+                # widen, update, round on store; step with the f32 value
+                num = self._elementwise(lambda g_, m_: m_ + (g_ - m_) * (1.0 - self.beta_1),
+                                        g, self._read_value(m, dtype))
                 self._store(m, num)
             else:
                 self.assign_add(m, (g - m) * (1.0 - self.beta_1))
@@ -527,7 +578,11 @@ class NestedLearningOptimizer(keras.optimizers.Optimizer):
             root = ops.sqrt(bc2)
             alpha, eps, second = lr * root, self.epsilon * root, num
         v = self._velocities[idx]
-        self.assign_add(v, (ops.square(second) - v) * (1.0 - self.beta_2))
+        if isinstance(second, sparse.RowSparse):
+            self.assign(v, sparse.rowwise(
+                lambda g_, v_: v_ + (g_ * g_ - v_) * (1.0 - self.beta_2), second, v.value))
+        else:
+            self.assign_add(v, (ops.square(second) - v) * (1.0 - self.beta_2))
         if self.amsgrad:
             v_hat = self._velocity_hats[idx]
             self.assign(v_hat, ops.maximum(v_hat, v))
@@ -547,6 +602,11 @@ class NestedLearningOptimizer(keras.optimizers.Optimizer):
         """A state variable in the compute dtype (the variable itself when it already is)."""
         return var if var.dtype == dtype else ops.cast(var, dtype)
 
+    @staticmethod
+    def _read_value(var, dtype):
+        """A state variable's value in the compute dtype (no copy when it already is)."""
+        return var.value if var.dtype == dtype else ops.cast(var.value, dtype)
+
     def _read_state(self, var, dtype):
         """A memory variable's current value (a read, not the variable) in the compute dtype."""
         if var.dtype != dtype:
@@ -561,6 +621,8 @@ class NestedLearningOptimizer(keras.optimizers.Optimizer):
         """Update the three memories; return ``(effective, new memories, weights)``."""
         dtype = g.dtype
         mem_vars = [tier[idx] for tier in self._memories]
+        if isinstance(g, sparse.RowSparse):
+            return self._memory_step_sparse(idx, g, mem_vars)
         n = int(np.prod(g.shape))
         xla = _in_xla_context()
         if n <= STACK_MAX_ELEMENTS and not xla:
@@ -617,6 +679,36 @@ class NestedLearningOptimizer(keras.optimizers.Optimizer):
             self._store(var, value)
         return effective, new, self._weights_for_stats(weights, dtype)
 
+    def _memory_step_sparse(self, idx, g, mem_vars):
+        """``_memory_step`` for a row-sparse gradient (``sparse.py``): the old memories are read
+        once, the scores read only ``g``'s rows, and no table-sized gradient is made."""
+        dtype = g.values.dtype
+        old = [self._read_value(m, dtype) for m in mem_vars]
+        mode = self.memory_blend_mode
+        if mode == "fixed":
+            weights = self.fixed_weights
+        else:
+            dots = ops.stack([sparse.sq_norm(g)] + [sparse.vdot(g, m) for m in old])
+            if mode == "attention":
+                weights = memory.attention_weights_from_dots(
+                    ops.reshape(dots, (4, 1)), self.decays, int(np.prod(g.shape)))
+            else:
+                sq = ops.stack([memory.vdot(m, m) for m in old])
+                weights = ops.reshape(self._adaptive_weights(
+                    idx, memory.cosines_from_sums(dots[0], sq, dots[1:])), (1, 3))
+        if isinstance(weights, tuple):
+            c_g, c = memory.mix_coefficients(weights, self.decays, self.memory_mix)
+        else:
+            row = memory.mix_row(weights, self.decays, self.memory_mix, dtype)
+            c_g, *c = ops.unstack(ops.reshape(row, (4,)), 4)
+        effective = sparse.rowwise(
+            lambda g_, *m_: memory.effective_from_old(g_, m_, c_g, c), g, *old)
+        new = [sparse.rowwise(lambda g_, m_, d=d: memory.update_memories([m_], g_, [d])[0],
+                              g, m) for m, d in zip(old, self.decays)]
+        for var, value in zip(mem_vars, new):
+            self._store(var, value)
+        return effective, new, self._weights_for_stats(weights, dtype)
+
     def _adaptive_weights(self, idx, cos):
         logits_var = self._blend_logits[idx]
         logits = memory.adaptive_logits_step(
@@ -632,23 +724,60 @@ class NestedLearningOptimizer(keras.optimizers.Optimizer):
         return ops.reshape(weights, (3,))
 
     def _record_stats(self, idx, variable, g, mems, weights, update):
-        """Write STAT_FIELDS on the last applied update of each ``stats_every`` window."""
+        """Write STAT_FIELDS on (at least) the last applied update of each ``stats_every`` window.
+
+        The write is a few ops whatever the mode: the inner products of
+        ``[g; tiers; update; x]`` are one Gram matrix (one matmul of the stacked
+        rows), and the fields are gathered from it.  A variable on interval 1
+        writes under a ``cond`` on the last steps of the window (``_stats_due``);
+        a graph-mode ``cond`` still walks its untaken branch on every step, so
+        that branch is kept small.  A slower variable is already inside its
+        interval's branch here, and writes on each of its applied updates (1 in
+        ``k`` steps) without a second ``cond``.  Either way the last write of a
+        window is the variable's last applied update in it.
+        """
         step = self.iterations
-        k = self._intervals[idx]
-        k_now = k if self.warmup_steps <= 0 else \
-            ops.where(ops.less(step, self.warmup_steps), 1, k)
-        due = ops.greater_equal(ops.mod(step, self.stats_every) + k_now, self.stats_every)
+        due = self._stats_due(step) if self._intervals[idx] == 1 else None
+        rows = [g, *mems, update]  # g: densified in the branch if row-sparse
+        index = _stat_gather_index(len(mems))
 
         def write():
-            f32 = lambda x: ops.cast(x, "float32")  # noqa: E731
-            tiers = list(mems) + [ops.zeros_like(g)] * (3 - len(mems))
-            w = weights if weights is not None else ops.zeros((3,), g.dtype)
-            values = [memory.vdot(g, g)] + [memory.vdot(m, m) for m in tiers] + \
-                [memory.vdot(g, m) for m in tiers] + [w[0], w[1], w[2]] + \
-                [memory.vdot(update, update), memory.vdot(variable, variable), step]
-            self.assign(self._stats[idx], ops.stack([f32(x) for x in values]))
+            import tensorflow as tf  # the fewest ops: matmul(transpose_b), gather
 
-        ops.cond(due, write, lambda: None)
+            f32 = "float32"
+            stacked = tf.stack([tf.convert_to_tensor(sparse.to_dense(r))
+                                for r in [*rows, variable]])  # (Keras variables are read)
+            flat = tf.reshape(stacked, (len(rows) + 1, -1))
+            gram = tf.reshape(tf.cast(tf.matmul(flat, flat, transpose_b=True), f32), (-1,))
+            w = tf.zeros((3,), f32) if weights is None else tf.cast(weights, f32)
+            values = tf.concat([gram, w, tf.cast(tf.reshape(step, (1,)), f32),
+                                tf.zeros((1,), f32)], axis=0)
+            self.assign(self._stats[idx], tf.gather(values, index))
+
+        if self._intervals[idx] > 1:
+            write()  # already inside the interval's branch: runs on applied updates only
+        else:
+            ops.cond(due, write, lambda: None)
+
+    def _stats_due(self, step):
+        """Whether this step is one of the last ``K`` steps of its ``stats_every`` window, ``K``
+        the longest interval: each variable's last applied update of the window falls among
+        them, and the last write wins.  One tensor per traced graph, shared by the variables
+        (one comparison per step, not one per variable)."""
+        import tensorflow as tf
+
+        def compute():
+            last = max(self._intervals, default=1)
+            return ops.greater_equal(ops.mod(step, self.stats_every),
+                                     self.stats_every - last)
+
+        if tf.executing_eagerly():
+            return compute()
+        graph = tf.compat.v1.get_default_graph()
+        due = self._stats_due_by_graph.get(graph)
+        if due is None:
+            due = self._stats_due_by_graph[graph] = compute()
+        return due
 
     # ------------------------------------------------------------------ inspection
     def memory_stats(self) -> dict[str, dict]:

@@ -362,6 +362,12 @@ class NullTracker:
     def callbacks(self, optimizer) -> list:
         return []
 
+    def flush(self) -> None:
+        """Nothing queued (a checkpoint calls this before it is written)."""
+
+    def resume_info(self) -> dict | None:
+        return None
+
     def finish(self, summary: dict | None, failed: bool = False, optimizer=None) -> None:
         opt = _base(optimizer) if optimizer is not None else None
         if opt is not None and hasattr(opt, "memory_stats") and opt.built:
@@ -377,10 +383,11 @@ class TrackingCallback(keras.callbacks.Callback):
     and the wall time from ``time.perf_counter``.
     """
 
-    def __init__(self, log, optimizer, stats_every: int = 50, timing_every: int = 200,
-                 log_every: int = 10):
+    def __init__(self, log, optimizer, stats_every: int = 100, timing_every: int = 200,
+                 log_every: int = 10, start_step: int | None = None):
         super().__init__()
         self.log = log
+        self.start_step = start_step  # batches already trained (a resumed run); None: iterations
         self.opt = optimizer
         base = _base(optimizer)
         self.stats_every = int(getattr(base, "stats_every", 0) or stats_every) \
@@ -447,9 +454,12 @@ class TrackingCallback(keras.callbacks.Callback):
 
     # -- Keras hooks
     def on_train_begin(self, logs=None):
-        self.step = int(keras.ops.convert_to_numpy(_base(self.opt).iterations))
+        self.step = int(keras.ops.convert_to_numpy(_base(self.opt).iterations)) \
+            if self.start_step is None else int(self.start_step)
         if self.first_step is None:
-            self.first_step = self.step
+            self.first_step = 0 if self.start_step is not None else self.step
+            for i in range(self.first_step, self.step):  # a resumed run: the earlier steps' rates
+                self.lr_used.append(self.lr(i))
         self._t_last = time.perf_counter()
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -465,8 +475,11 @@ class TrackingCallback(keras.callbacks.Callback):
         dt_ms = (now - self._t_last) * 1e3 / n
         self._pending_ms.append(dt_ms)
         self._window.append(dt_ms)
+        # the optimizer's step index lags the batch count by the steps skipped as non-finite
+        # (``guard.py`` reports their running total as ``skipped_steps``)
+        skipped = int(float((logs or {}).get("skipped_steps", 0) or 0))
         for i in range(self.step, self.step + n):
-            self.lr_used.append(self.lr(i))
+            self.lr_used.append(self.lr(max(i - skipped, 0)))
         self.step += n
         step = self.step
         due = lambda every: every and step // every > (step - n) // every  # noqa: E731
@@ -508,7 +521,7 @@ class WandbTracker:
 
     def __init__(self, mode: str = "offline", project: str = "nested-research",
                  entity: str | None = None, group: str | None = None, tags=(),
-                 name: str | None = None, dir: str | None = None, stats_every: int = 50,
+                 name: str | None = None, dir: str | None = None, stats_every: int = 100,
                  timing_every: int = 200, log_every: int = 10, log_model: bool = False,
                  sweep_id: str | None = None, init_timeout: float = 30.0,
                  finish_timeout: float = 120.0, heatmap_cap: int = HEATMAP_CAP,
@@ -531,6 +544,13 @@ class WandbTracker:
         self.heatmap_cap = int(heatmap_cap)
         self.async_log = bool(async_log)
         self.flush_timeout = 30.0  # seconds finish() waits for the log to be on disk
+        # A resumed run (trainer.resume, set by train.run before start): the W&B run id to
+        # continue, and the batches already trained; rows already in that run are not re-logged.
+        self.resume_id: str | None = None
+        self.start_step: int | None = None
+        self._logged: tuple[int, int] | None = None
+        self.replay_rows: list | None = None  # the checkpoint's rows (logged if the run lacks them)
+        self.journal = None
         self._logger: AsyncLog | None = None
         self.run = None
         self.run_dir = None
@@ -543,9 +563,20 @@ class WandbTracker:
                                   init_timeout=self.init_timeout,
                                   login_timeout=self.init_timeout,
                                   finish_timeout=self.finish_timeout if mode == "online" else 0)
-        return wandb.init(project=self.project, entity=self.entity, group=group, tags=tags,
-                          name=name, dir=wandb_dir, mode=mode, config=config,
-                          reinit="create_new", settings=settings)
+        deadline = time.monotonic() + self.init_timeout
+        while True:
+            try:
+                return wandb.init(project=self.project, entity=self.entity, group=group,
+                                  tags=tags, name=name, dir=wandb_dir, mode=mode, config=config,
+                                  reinit="create_new", settings=settings, id=self.resume_id,
+                                  resume="allow" if self.resume_id else None)
+            except Exception as err:  # noqa: BLE001
+                # A resumed run's id stays "in use" until the W&B service of the interrupted
+                # process notices that its parent is gone: wait for it, up to init_timeout.
+                if not self.resume_id or "in use" not in str(err) or \
+                        time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)
 
     def start(self, config: dict, run_dir: str) -> None:
         import wandb
@@ -567,6 +598,11 @@ class WandbTracker:
         group = os.environ.get("WANDB_RUN_GROUP") or self.sweep_id or self.group
         wandb_dir = os.environ.get("WANDB_DIR") or self.dir or run_dir
         os.makedirs(wandb_dir, exist_ok=True)
+        self.wandb_dir = wandb_dir
+        if self.resume_id:
+            from nested_research.checkpoint import logged_extent
+
+            self._logged = logged_extent(wandb_dir, self.resume_id)
         try:
             self.run = self._init(wandb, self.mode, config, wandb_dir, name, group, tags)
         except Exception as err:  # noqa: BLE001 - online without network or credentials
@@ -589,9 +625,30 @@ class WandbTracker:
         log = self.run.log
         if self.async_log:
             self._logger = log = AsyncLog(self.run.log)
+        from nested_research.checkpoint import RowJournal
+
+        log = self.journal = RowJournal(log, *(self._logged or (-1, -1)))
+        for row in self.replay_rows or []:  # rows a killed process logged but W&B never wrote
+            log(row)
         self.callback = TrackingCallback(log, optimizer, self.stats_every,
-                                         self.timing_every, self.log_every)
+                                         self.timing_every, self.log_every,
+                                         start_step=self.start_step)
         return [self.callback]
+
+    def flush(self) -> None:
+        """Hand every queued row to W&B (a checkpoint calls this before it is written)."""
+        if self._logger is not None:
+            self._logger.flush(self.flush_timeout)
+
+    def recent_rows(self) -> list:
+        """The newest rows logged (stored in checkpoints, see ``checkpoint.RowJournal``)."""
+        return list(self.journal.rows) if self.journal is not None else []
+
+    def resume_info(self) -> dict | None:
+        """What a resumed run needs to continue this W&B run (stored in checkpoints)."""
+        if self.run is None:
+            return None
+        return {"id": self.run.id, "dir": getattr(self, "wandb_dir", None)}
 
     # -- finish
     def _end_of_run(self, optimizer) -> None:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import keras
 
+from nested_research.guard import DEFAULT_MAX_NONFINITE_STEPS, NonFiniteGuard
+
 _KERAS_TO_OURS = {"loss": "loss", "accuracy": "accuracy"}
 
 
@@ -27,6 +29,7 @@ class TrainResult:
     epochs: int                       # epochs started
     wall_time: float                  # seconds in fit + evaluate
     extra: dict = field(default_factory=dict)
+    skipped_steps: int = 0            # steps skipped for a non-finite loss/gradient (guard.py)
 
 
 def rename(logs: dict, prefix: str) -> dict:
@@ -75,11 +78,21 @@ class ProgressLog(keras.callbacks.Callback):
 def fit(model: keras.Model, optimizer, data, *, epochs: int, max_steps: int | None = None,
         jit_compile: bool = False, callbacks: list | None = None,
         verbose: int = 1, progress_path: str | None = None,
-        run_eagerly: bool = False) -> TrainResult:
+        run_eagerly: bool = False,
+        max_nonfinite_steps: int = DEFAULT_MAX_NONFINITE_STEPS,
+        checkpointer=None, resume=None) -> TrainResult:
     """Train ``model`` on ``data`` (a ``DataBundle``) and evaluate it on the test split.
 
     ``progress_path``: a JSON-lines file that gets one row of metrics per epoch.
+    Steps with a non-finite loss or gradient are skipped (``guard.py``); ``max_nonfinite_steps``
+    consecutive non-finite losses raise ``guard.NonFiniteLossError``.
+    ``checkpointer``: a ``checkpoint.Checkpointer`` (periodic checkpoints, and one at the end
+    when ``model.fit`` returns); ``resume``: a ``checkpoint.Resume`` to continue from.  The
+    training data is ``checkpoint.epoch_stream`` of ``data.train`` (one shuffle order per epoch).
     """
+    from nested_research.checkpoint import EpochCut, advance_shuffle, epoch_stream
+
+    guard = NonFiniteGuard(max_nonfinite_steps).install(model)
     model.compile(
         optimizer=optimizer,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -87,22 +100,41 @@ def fit(model: keras.Model, optimizer, data, *, epochs: int, max_steps: int | No
         jit_compile=jit_compile,
         run_eagerly=run_eagerly,
     )
+    first_epoch, skip, done = (resume.epoch, resume.position, resume.step) if resume else (0, 0, 0)
+    if resume is not None:
+        resume.restore(model, data, extra_variables=guard.variables)
     callbacks = list(callbacks or [])
     if progress_path:
         callbacks.append(ProgressLog(progress_path))
     if max_steps is not None:
         epochs = min(epochs, math.ceil(max_steps / data.steps_per_epoch))
         callbacks.append(_StepLimit(max_steps))
+        callbacks[-1].steps = done
+    callbacks.append(guard)  # last: the others see the step that stops the run
+    if checkpointer is not None:  # after the guard: a step that stops the run is not saved
+        checkpointer.extra_variables = guard.variables
+        callbacks.append(checkpointer)
+    if skip:  # first: ends the interrupted epoch where an uninterrupted run would have
+        callbacks.insert(0, EpochCut(first_epoch, data.steps_per_epoch - skip, done, max_steps))
     start = time.perf_counter()
-    history = model.fit(data.train, validation_data=data.val, epochs=epochs,
-                        callbacks=callbacks, verbose=verbose, shuffle=False)  # data.train shuffles itself
+    trained, ran = {}, 0
+    if resume is None or not resume.done(epochs, max_steps):
+        advance_shuffle(data.train, first_epoch)  # the finished epochs' shuffle orders
+        history = model.fit(epoch_stream(data.train, first_epoch, epochs, skip),
+                            steps_per_epoch=data.steps_per_epoch, initial_epoch=first_epoch,
+                            validation_data=data.val, epochs=epochs,
+                            callbacks=callbacks, verbose=verbose, shuffle=False)
+        trained, ran = history.history, len(history.epoch)
+        if checkpointer is not None:  # only when fit returned: a failed run keeps the last good
+            checkpointer.save_final()
     test_logs = model.evaluate(data.test, verbose=0, return_dict=True)
     wall = time.perf_counter() - start
 
-    per_epoch = {}
-    for key, values in history.history.items():
+    per_epoch = {k: list(v) for k, v in resume.history.items()} if resume else {}
+    before = max((len(v) for v in per_epoch.values()), default=0)
+    for key, values in trained.items():
         name = next(iter(rename({key: 0.0}, "train")))
-        per_epoch[name] = [float(v) for v in values]
+        per_epoch[name] = per_epoch.get(name, [])[:before] + [float(v) for v in values]
     metrics = {k: v[-1] for k, v in per_epoch.items()}
     if "val/loss" in per_epoch:
         metrics["val/best_loss"] = min(per_epoch["val/loss"])
@@ -110,4 +142,5 @@ def fit(model: keras.Model, optimizer, data, *, epochs: int, max_steps: int | No
     opt = model.optimizer
     steps = int(keras.ops.convert_to_numpy(opt.iterations))
     return TrainResult(metrics=metrics, history=per_epoch, steps=steps,
-                       epochs=len(history.epoch), wall_time=wall)
+                       epochs=before + ran, wall_time=wall,
+                       skipped_steps=guard.skipped_steps)

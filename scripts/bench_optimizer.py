@@ -1,6 +1,6 @@
 """Optimizer speed and memory: ``NestedLearningOptimizer`` against Keras Adam, AdamW and Lion.
 
-``python scripts/bench_optimizer.py`` (a few minutes on 2 CPU cores), or
+``python scripts/bench_optimizer.py`` (about 6 minutes on 2 CPU cores), or
 ``--quick`` for a smoke run on tiny sizes.  In one process, alternating the
 optimizers inside every repeat (the order rotates), after warm-up, with medians
 over the repeats, it measures:
@@ -17,10 +17,15 @@ over the repeats, it measures:
     the full training step (``model.train_on_batch``) of the project's CNN on
     (40,) mnist1d-like inputs and Transformer on (12,) tokens of a 32-word
     vocabulary (random data, batch 64), nested with depth scheduling
-    (``compute_depths_from_model``) against Adam, graph mode and XLA.
+    (``compute_depths_from_model``) against Adam, graph mode and XLA; each
+    timed block is whole cycles of the layers' intervals (60 steps).
 ``bytes``
     optimizer state bytes per trainable parameter (on ``dense4m`` and on the two
     models with depth scheduling, whose slow layers add gradient accumulators).
+``sparse``
+    an embedding table's step (200000x64, 2048 rows looked up, graph mode) with an
+    ``IndexedSlices`` gradient: nested ``attention`` on its sparse path, the same
+    with the gradient densified first, and Adam.
 ``profile``
     why the ratios are what they are: the full-size memory traffic of one
     1024x1024 variable's step under XLA, read off the optimised HLO (words of
@@ -32,12 +37,19 @@ over the repeats, it measures:
 
 It prints the tables (ratios to Adam measured in the same run) and writes
 everything, raw times included, as JSON (``--out``).
+
+On a GPU machine without TensorFlow, ``KERAS_BACKEND=jax python
+scripts/bench_optimizer.py --modes xla --sections optimizer,train,bytes`` runs
+the same optimizer-only and training-step sections with Keras' JAX backend
+(every step under ``jax.jit``; the rows whose intervals need a ``cond`` around
+state updates, ``_k4*``, are TensorFlow-only).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import re
@@ -136,24 +148,71 @@ def _make_variables(spec, seed):
             for name, shape in spec]
 
 
+def _backend():
+    import keras
+
+    return keras.backend.backend()
+
+
 def _make_grads(spec, seed):
-    import tensorflow as tf
+    from keras import ops
 
     rng = np.random.default_rng(seed + 1)
-    return [tf.constant((rng.normal(size=shape) * 1e-2).astype("float32")) for _, shape in spec]
+    return [ops.convert_to_tensor((rng.normal(size=shape) * 1e-2).astype("float32"))
+            for _, shape in spec]
+
+
+def _load():
+    """The 1-minute load average (other processes on a shared machine)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
 
 
 def _sync(opt):
     return int(np.asarray(opt.iterations))
 
 
-def _step_function(opt, variables, jit):
-    import tensorflow as tf
+class _Step:
+    """One optimizer step on ``variables``, compiled: ``step(grads)``; ``sync()`` waits for it.
 
-    def step(grads):
-        opt.apply(grads, variables)
+    TensorFlow: ``optimizer.apply`` in a ``tf.function`` (graph mode, or XLA with ``jit``).
+    JAX (``KERAS_BACKEND=jax``, always XLA): ``optimizer.stateless_apply`` under ``jax.jit``,
+    the state carried from call to call and written back to the variables on ``sync()``.
+    """
 
-    return tf.function(step, jit_compile=jit)
+    def __init__(self, opt, variables, jit):
+        self.opt, self.variables = opt, variables
+        if _backend() == "jax":
+            import jax
+
+            self._fn = jax.jit(lambda ov, tv, g: opt.stateless_apply(ov, g, tv),
+                               donate_argnums=(0, 1))
+            self._state = ([v.value for v in opt.variables], [v.value for v in variables])
+        else:
+            import tensorflow as tf
+
+            self._fn = tf.function(lambda grads: opt.apply(grads, variables), jit_compile=jit)
+
+    def __call__(self, grads):
+        if _backend() == "jax":
+            ov, tv = self._state
+            tv, ov = self._fn(ov, tv, grads)
+            self._state = (ov, tv)
+        else:
+            self._fn(grads)
+
+    def sync(self) -> int:
+        if _backend() == "jax":
+            import jax
+
+            ov, tv = jax.block_until_ready(self._state)
+            for var, value in zip(self.opt.variables, ov):
+                var.assign(value)
+            for var, value in zip(self.variables, tv):
+                var.assign(value)
+        return _sync(self.opt)
 
 
 def _summary(times, names):
@@ -163,6 +222,8 @@ def _summary(times, names):
         "min_seconds": {n: float(min(times[n])) for n in names},
         "times": {n: [float(t) for t in times[n]] for n in names},
         "ratio_to_adam": {n: med[n] / med["adam"] for n in names},
+        # the fastest block of each: less sensitive to other processes on a shared machine
+        "ratio_to_adam_min": {n: min(times[n]) / min(times["adam"]) for n in names},
     }
 
 
@@ -190,19 +251,18 @@ def bench_optimizer_only(names, sets, modes, repeats, steps, warmup, log=print):
                 variables = _make_variables(spec, 0)
                 opt = make_optimizer(name)
                 opt.build(variables)
-                fn = _step_function(opt, variables, jit=(mode == "xla"))
+                step = _Step(opt, variables, jit=(mode == "xla"))
                 for _ in range(warmup):
-                    fn(grads)
-                _sync(opt)
-                runners[name] = (fn, opt)
+                    step(grads)
+                step.sync()
+                runners[name] = step
 
-            def block(runner):
-                fn, opt = runner
-                _sync(opt)
+            def block(step):
+                step.sync()
                 t0 = time.perf_counter()
                 for _ in range(steps):
-                    fn(grads)
-                _sync(opt)
+                    step(grads)
+                step.sync()
                 return (time.perf_counter() - t0) / steps
 
             row = _summary(_alternate(runners, names, repeats, block), names)
@@ -210,6 +270,53 @@ def bench_optimizer_only(names, sets, modes, repeats, steps, warmup, log=print):
             log(f"  optimizer {set_name:11s} {mode:5s} " + "  ".join(
                 f"{n}={row['ratio_to_adam'][n]:.2f}" for n in names), flush=True)
     return results
+
+
+# ---------------------------------------------------------------- sparse gradients
+def bench_sparse(repeats, steps, quick, log=print):
+    """An embedding table's step with an ``IndexedSlices`` gradient (graph mode): nested with
+    the sparse rules (``sparse.py``) against the same gradient densified first, and Adam."""
+    import keras
+    import tensorflow as tf
+
+    import nested_research.optimizer as optmod
+
+    rows, width, looked_up = (2000, 16, 64) if quick else (200_000, 64, 2048)
+    rng = np.random.default_rng(0)
+    idx = tf.constant(rng.integers(0, rows, size=looked_up).astype("int32"))
+    vals = tf.constant((rng.normal(size=(looked_up, width)) * 1e-2).astype("float32"))
+    grads = [tf.IndexedSlices(vals, idx, tf.constant((rows, width), "int64"))]
+    keras.backend.clear_session()
+    runners, stack_max = {}, optmod.STACK_MAX_ELEMENTS
+    for name, opt_name, densify in (("adam", "adam", False),
+                                    ("nested_attention_sparse", "nested_attention", False),
+                                    ("nested_attention_densified", "nested_attention", True)):
+        table = [keras.Variable(np.zeros((rows, width), "float32"), name="embeddings")]
+        opt = make_optimizer(opt_name)
+        opt.build(table)
+        optmod.STACK_MAX_ELEMENTS = rows * width if densify else stack_max  # read when traced
+        step = _Step(opt, table, jit=False)
+        for _ in range(2):
+            step(grads)
+        step.sync()
+        runners[name] = step
+    optmod.STACK_MAX_ELEMENTS = stack_max
+    names = list(runners)
+
+    def block(step):
+        step.sync()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step(grads)
+        step.sync()
+        return (time.perf_counter() - t0) / steps
+
+    row = _summary(_alternate(runners, names, repeats, block), names)
+    row.update(rows=rows, width=width, looked_up=looked_up)
+    log(f"  sparse {rows}x{width}, {looked_up} rows looked up: " + "  ".join(
+        f"{n}={row['ratio_to_adam'][n]:.2f} ({1e3 * row['seconds'][n]:.2f} ms)" for n in names),
+        flush=True)
+    return row
 
 
 # ---------------------------------------------------------------- full training step
@@ -241,7 +348,8 @@ def _compiled_model(builder, name, jit):
     keras.utils.set_random_seed(0)
     model = builder()
     opt = make_optimizer(name)
-    if hasattr(opt, "compute_depths_from_model"):
+    if hasattr(opt, "compute_depths_from_model") and _backend() != "jax":
+        # (JAX: the interval conds update state, which jax.jit cannot; every layer on interval 1)
         opt.compute_depths_from_model(model)
     model.compile(opt, keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   jit_compile=jit)
@@ -250,14 +358,13 @@ def _compiled_model(builder, name, jit):
 
 def bench_train_step(names, workloads, modes, repeats, steps, warmup, quick, log=print):
     import keras
-    import tensorflow as tf
 
     results = {}
     for wl, (builder, x, y) in _workloads(quick).items():
         if wl not in workloads:
             continue
         results[wl] = {}
-        xt, yt = tf.constant(x), tf.constant(y)
+        xt, yt = keras.ops.convert_to_tensor(x), keras.ops.convert_to_tensor(y)
         for mode in modes:
             keras.backend.clear_session()
             runners = {}
@@ -266,15 +373,20 @@ def bench_train_step(names, workloads, modes, repeats, steps, warmup, quick, log
                 for _ in range(warmup):
                     model.train_on_batch(xt, yt)
                 runners[name] = model
+            # a block is whole cycles of the slowest layers' intervals, for every optimizer
+            cycle = math.lcm(*[k for m in runners.values()
+                               for k in getattr(m.optimizer, "intervals", {1: 1}).values()])
+            n_steps = cycle * max(1, -(-steps // cycle))
 
             def block(model):
                 t0 = time.perf_counter()
-                for _ in range(steps):
+                for _ in range(n_steps):
                     model.train_on_batch(xt, yt)
                 _sync(model.optimizer)
-                return (time.perf_counter() - t0) / steps
+                return (time.perf_counter() - t0) / n_steps
 
             row = _summary(_alternate(runners, names, repeats, block), names)
+            row["steps_per_block"] = n_steps
             results[wl][mode] = row
             log(f"  train {wl:11s} {mode:5s} " + "  ".join(
                 f"{n}={row['ratio_to_adam'][n]:.2f} ({1e3 * row['seconds'][n]:.2f} ms)"
@@ -292,23 +404,21 @@ def _bytes_per_param(opt, variables):
 def state_bytes(names, workloads, quick):
     import keras
 
-    out = {}
-    spec = dense_shapes(width=64 if quick else 1024, layers=4)
-    workloads = {k: v for k, v in _workloads(quick).items() if k in workloads}
-    for name in names:
-        variables = _make_variables(spec, 0)
-        opt = make_optimizer(name)
-        opt.build(variables)
-        row = {"dense4m": _bytes_per_param(opt, variables)}
-        for wl, (builder, _, _) in workloads.items():
-            keras.backend.clear_session()
+    keras.backend.clear_session()
+    sets = {"dense4m": (None, _make_variables(dense_shapes(width=64 if quick else 1024), 0))}
+    for wl, (builder, _, _) in _workloads(quick).items():
+        if wl in workloads:
             model = builder()
+            sets[f"{wl} (depths)"] = (model, model.trainable_variables)
+    out = {}
+    for name in names:
+        out[name] = {}
+        for label, (model, variables) in sets.items():
             opt = make_optimizer(name)
-            if hasattr(opt, "compute_depths_from_model"):
+            if model is not None and hasattr(opt, "compute_depths_from_model"):
                 opt.compute_depths_from_model(model)
-            opt.build(model.trainable_variables)
-            row[f"{wl} (depths)"] = _bytes_per_param(opt, model.trainable_variables)
-        out[name] = row
+            opt.build(variables)
+            out[name][label] = _bytes_per_param(opt, variables)
     return out
 
 
@@ -349,8 +459,17 @@ def hlo_traffic(hlo: str, n: int):
             "passes": len(rows), "ops": rows}
 
 
+def _entry_ops(hlo: str) -> int:
+    """Instructions of the optimised HLO entry that run (kernels: fusions, dots, copies ...)."""
+    entry = hlo[hlo.index("\nENTRY"):]
+    ops_ = [m.group(3) for m in map(_INSTR.match, entry.splitlines()[1:]) if m]
+    return sum(op not in ("parameter", "constant", "bitcast", "tuple", "get-tuple-element")
+               for op in ops_)
+
+
 def profile(names, log=print):
-    """XLA memory traffic of one 1024x1024 variable's step, graph-mode op count of a small one."""
+    """Per variable: XLA memory traffic of a 1024x1024 step (words per parameter, passes),
+    and the number of kernels (XLA) / ops (graph mode) of a small 64x64 variable's step."""
     import collections
     import keras
     import tensorflow as tf
@@ -359,25 +478,28 @@ def profile(names, log=print):
     for name in names:
         row = {}
         for label, shape, jit in (("xla_1024x1024", (1024, 1024), True),
+                                  ("xla_64x64", (64, 64), True),
                                   ("graph_64x64", (64, 64), False)):
             keras.backend.clear_session()
             var = [keras.Variable(np.zeros(shape, "float32"), name="w")]
             opt = make_optimizer(name)
             opt.build(var)
             grads = [tf.zeros(shape)]
-            fn = _step_function(opt, var, jit=jit)
+            fn = _Step(opt, var, jit=jit)._fn  # the tf.function (the profile is TensorFlow's)
             if jit:
                 hlo = fn.experimental_get_compiler_ir(grads)(stage="optimized_hlo")
                 row[label] = hlo_traffic(hlo, int(np.prod(shape)))
+                row[label]["kernels"] = _entry_ops(hlo)
             else:
                 graph = fn.get_concrete_function(grads).graph
                 kinds = collections.Counter(op.type for op in graph.get_operations()
                                             if op.type not in ("Const", "Placeholder", "NoOp"))
                 row[label] = {"ops": int(sum(kinds.values())), "by_type": dict(kinds)}
         out[name] = row
-        log(f"  profile {name:22s} xla words/param {row['xla_1024x1024']['words_per_param']:5.1f}"
-            f" in {row['xla_1024x1024']['passes']} passes; graph ops {row['graph_64x64']['ops']}",
-            flush=True)
+        big = row["xla_1024x1024"]
+        log(f"  profile {name:22s} xla words/param {big['words_per_param']:5.1f} in "
+            f"{big['passes']} passes; small variable: {row['xla_64x64']['kernels']} XLA kernels, "
+            f"{row['graph_64x64']['ops']} graph ops", flush=True)
     return out
 
 
@@ -416,18 +538,28 @@ def accuracy_comparison(seeds, quick, log=print):
 # ---------------------------------------------------------------- report
 def machine():
     import keras
-    import tensorflow as tf
 
-    gpus = tf.config.list_physical_devices("GPU")
     desc = {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-            "python": sys.version.split()[0], "tensorflow": tf.__version__,
-            "keras": keras.__version__, "gpus": [g.name for g in gpus]}
-    if gpus:
-        try:
-            desc["gpu_name"] = tf.config.experimental.get_device_details(gpus[0]).get(
-                "device_name")
-        except Exception:  # informational only
-            pass
+            "python": sys.version.split()[0], "keras": keras.__version__,
+            "backend": _backend()}
+    if _backend() == "jax":
+        import jax
+
+        gpus = [d for d in jax.devices() if d.platform == "gpu"]
+        desc.update(jax=jax.__version__, tensorflow=None, gpus=[str(d) for d in gpus])
+        if gpus:
+            desc["gpu_name"] = getattr(gpus[0], "device_kind", None)
+    else:
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        desc.update(tensorflow=tf.__version__, gpus=[g.name for g in gpus])
+        if gpus:
+            try:
+                desc["gpu_name"] = tf.config.experimental.get_device_details(gpus[0]).get(
+                    "device_name")
+            except Exception:  # informational only
+                pass
     try:
         with open("/proc/cpuinfo") as fh:
             desc["cpu_model"] = next(line.split(":", 1)[1].strip() for line in fh
@@ -452,8 +584,10 @@ def format_tables(result) -> str:
     lines = []
     m = result["machine"]
     lines.append(f"machine: {m.get('cpu_model', '?')}, {m['cpu_count']} cores, "
-                 f"GPUs: {m.get('gpu_name') or len(m['gpus'])}; TF {m['tensorflow']}, "
-                 f"Keras {m['keras']}; load average at the end {m.get('load_average_end')}")
+                 f"GPUs: {m.get('gpu_name') or len(m['gpus'])}; "
+                 f"{'JAX ' + str(m.get('jax')) if m.get('backend') == 'jax' else 'TF ' + str(m['tensorflow'])}, "
+                 f"Keras {m['keras']}; 1-minute load average (start, end) by section: "
+                 f"{result.get('load_average')}")
     cfg = result["config"]
     opt = result.get("optimizer", {})
     if opt:
@@ -478,12 +612,19 @@ def format_tables(result) -> str:
         cols = list(next(iter(by.values())))
         header = ["state bytes / parameter"] + cols
         lines += [""] + _table(header, [[n] + [f"{by[n][c]:.2f}" for c in cols] for n in by])
+    sp = result.get("sparse")
+    if sp:
+        header = [f"sparse gradient, {sp['rows']}x{sp['width']} table, {sp['looked_up']} rows",
+                  "ratio to Adam", "ms per step"]
+        lines += [""] + _table(header, [[n, f"{sp['ratio_to_adam'][n]:.2f}",
+                                         f"{1e3 * sp['seconds'][n]:.2f}"] for n in sp["seconds"]])
     prof = result.get("profile", {})
     if prof:
-        header = ["profile", "XLA words/param (1024x1024)", "XLA full-size passes",
-                  "graph-mode ops (64x64 variable)"]
+        header = ["profile (one variable)", "XLA words/param, 1024x1024", "XLA passes, 1024x1024",
+                  "XLA kernels, 64x64", "graph ops, 64x64"]
         rows = [[n, f"{p['xla_1024x1024']['words_per_param']:.1f}",
-                 p["xla_1024x1024"]["passes"], p["graph_64x64"]["ops"]] for n, p in prof.items()]
+                 p["xla_1024x1024"]["passes"], p["xla_64x64"]["kernels"], p["graph_64x64"]["ops"]]
+                for n, p in prof.items()]
         lines += [""] + _table(header, rows)
     acc = result.get("accuracy", {})
     if acc:
@@ -498,8 +639,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes, few repeats (smoke run)")
     p.add_argument("--out", default="outputs/bench_optimizer.json", help="JSON output path")
-    p.add_argument("--sections", default="optimizer,train,bytes,profile",
-                   help="comma list of optimizer,train,bytes,profile,accuracy")
+    p.add_argument("--sections", default="optimizer,train,bytes,sparse,profile",
+                   help="comma list of optimizer,train,bytes,sparse,profile,accuracy")
     p.add_argument("--accuracy", action="store_true", help="also run the accuracy comparison")
     p.add_argument("--optimizers", default=",".join(OPTIMIZERS),
                    help="optimizer rows (adam is always included)")
@@ -525,13 +666,15 @@ def main(argv=None):
         [m for m in args.train_modes.split(",") if m]
     if not set(modes + train_modes) <= {"graph", "xla"}:
         p.error(f"--modes: {modes + train_modes}; allowed: graph, xla")
+    if os.environ.get("KERAS_BACKEND") == "jax" and set(modes + train_modes) != {"xla"}:
+        p.error("KERAS_BACKEND=jax compiles every step with XLA: use --modes xla")
     workloads = [w for w in args.workloads.split(",") if w]
     if not set(workloads) <= {"cnn", "transformer"}:
         p.error(f"--workloads: {workloads}; allowed: cnn, transformer")
     quick = args.quick
-    repeats = args.repeats or (2 if quick else 9)
-    steps = args.steps or (2 if quick else 6)
-    train_steps = args.train_steps or (3 if quick else 40)
+    repeats = args.repeats or (2 if quick else 11)
+    steps = args.steps or (2 if quick else 4)  # 4: one cycle of the interval-4 rows
+    train_steps = args.train_steps or (3 if quick else 60)
     train_names = [n for n in TRAIN_OPTIMIZERS if n in names]
     profile_names = [n for n in PROFILE_OPTIMIZERS if n in names]
     sets = {k: v for k, v in variable_sets(quick).items() if k in args.sets.split(",")}
@@ -548,25 +691,25 @@ def main(argv=None):
     jobs = {
         "optimizer": lambda: bench_optimizer_only(names, sets, modes, repeats, steps,
                                                   warmup=2 if quick else 3),
-        "train": lambda: bench_train_step(train_names, workloads, train_modes, repeats,
-                                          train_steps, warmup=2 if quick else 10, quick=quick),
+        "train": lambda: bench_train_step(train_names, workloads, train_modes,
+                                          max(2, repeats // 2), train_steps,
+                                          warmup=2 if quick else 10, quick=quick),
         "bytes": lambda: state_bytes(names, workloads, quick),
+        "sparse": lambda: bench_sparse(repeats, steps, quick),
         "profile": lambda: profile(profile_names),
         "accuracy": lambda: accuracy_comparison([int(s) for s in args.seeds.split(",")], quick),
     }
     t_start = time.perf_counter()
-    result["section_seconds"] = {}
+    result["section_seconds"], result["load_average"] = {}, {}
     for section, job in jobs.items():
         if section in sections:
             print(f"{section} ...", flush=True)
             t0 = time.perf_counter()
+            load = _load()
             result[section] = job()
             result["section_seconds"][section] = round(time.perf_counter() - t0, 1)
+            result["load_average"][section] = [load, _load()]
     result["wall_seconds"] = time.perf_counter() - t_start
-    try:
-        result["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        pass
     print()
     print(format_tables(result))
     out = os.path.abspath(args.out)

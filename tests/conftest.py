@@ -10,6 +10,18 @@ import keras  # noqa: E402
 import pytest  # noqa: E402
 
 
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """One TFDS data dir for the session, as ``NESTED_RESEARCH_DATA_DIR`` (the environment's,
+    if it names one): the embedded datasets are prepared into it once, on first use."""
+    previous = os.environ.get("NESTED_RESEARCH_DATA_DIR")
+    path = previous or str(tmp_path_factory.mktemp("data_dir"))
+    os.environ["NESTED_RESEARCH_DATA_DIR"] = path
+    yield path
+    if previous is None:
+        os.environ.pop("NESTED_RESEARCH_DATA_DIR", None)
+
+
 @pytest.fixture(autouse=True)
 def _fresh_keras_session():
     keras.backend.clear_session()

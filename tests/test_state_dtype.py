@@ -174,7 +174,8 @@ def test_bfloat16_accumulators_match_the_rounded_reference(warmup):
     shapes = [(3, 4), (5,), (2,)]
     ivs = [2, 3, 1]
     opt = NestedLearningOptimizer(learning_rate=0.01, state_dtype="bfloat16", auto_schedule=False,
-                                  warmup_steps=warmup, layer_update_intervals=[("v0", 2), ("v1", 3)])
+                                  warmup_steps=warmup,
+                                  layer_update_intervals=[("v0", 2), ("v1", 3)])
     ref = Bf16Reference(shapes, lr=LR, intervals=ivs, warmup=warmup)
     variables = make_vars(shapes, zeros=False)
     params = [v.numpy().astype(float) for v in variables]

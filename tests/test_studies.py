@@ -2,7 +2,6 @@
 
 import csv
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -14,18 +13,6 @@ from nested_research.sweep import LocalSweep, expand_command, hydra_overrides, l
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data")
-    old = os.environ.get("NESTED_RESEARCH_DATA_DIR")
-    os.environ["NESTED_RESEARCH_DATA_DIR"] = str(path)
-    yield path
-    if old is None:
-        os.environ.pop("NESTED_RESEARCH_DATA_DIR", None)
-    else:
-        os.environ["NESTED_RESEARCH_DATA_DIR"] = old
 
 
 def _values(spec):

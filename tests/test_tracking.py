@@ -29,16 +29,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    previous = os.environ.get("NESTED_RESEARCH_DATA_DIR")
-    path = previous or str(tmp_path_factory.mktemp("data_dir"))
-    os.environ["NESTED_RESEARCH_DATA_DIR"] = path
-    yield path
-    if previous is None:
-        os.environ.pop("NESTED_RESEARCH_DATA_DIR", None)
-
-
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")

@@ -22,14 +22,6 @@ OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF / g).glob("*.yaml")
 TINY_RECALL = ["data.builder_kwargs.config.num_train=256", "data.builder_kwargs.config.num_test=64"]
 
 
-@pytest.fixture(scope="session")
-def data_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data_dir")
-    os.environ["NESTED_RESEARCH_DATA_DIR"] = str(path)
-    yield path
-    os.environ.pop("NESTED_RESEARCH_DATA_DIR", None)
-
-
 def cfg_for(*overrides):
     with initialize_config_dir(str(CONF), version_base="1.3"):
         return compose("config", overrides=list(overrides))

@@ -20,7 +20,10 @@ from nested_research.data.digits import SklearnDigits
 from nested_research.data.loading import (
     EMBEDDED_DATASETS,
     DataBundle,
+    DataDirError,
+    DatasetCorruptError,
     DatasetNotFoundError,
+    check_data_dir,
     load_splits,
 )
 from nested_research.data.mnist1d import Mnist1d
@@ -29,10 +32,13 @@ __all__ = [
     "AssociativeRecall",
     "AssociativeRecallConfig",
     "DataBundle",
+    "DataDirError",
+    "DatasetCorruptError",
     "DatasetNotFoundError",
     "EMBEDDED_DATASETS",
     "Mnist1d",
     "SklearnDigits",
+    "check_data_dir",
     "load_splits",
     "make_recall_config",
 ]
