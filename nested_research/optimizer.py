@@ -562,10 +562,12 @@ class NestedLearningOptimizer(keras.optimizers.Optimizer):
         if not self.memory_on:
             # keras.optimizers.Adam, op for op (with this variable's own count t).
             (m,) = (tier[idx] for tier in self._memories)
-            if self._low_precision or isinstance(g, sparse.RowSparse):
+            ema = lambda g_, m_: m_ + (g_ - m_) * (1.0 - self.beta_1)  # noqa: E731
+            if isinstance(g, sparse.RowSparse):
+                num = self._store_rowwise(m, ema, g, self._read_value(m, dtype))
+            elif self._low_precision:
                 # widen, update, round on store; step with the f32 value
-                num = self._elementwise(lambda g_, m_: m_ + (g_ - m_) * (1.0 - self.beta_1),
-                                        g, self._read_value(m, dtype))
+                num = ema(g, self._read_value(m, dtype))
                 self._store(m, num)
             else:
                 self.assign_add(m, (g - m) * (1.0 - self.beta_1))
@@ -579,8 +581,8 @@ class NestedLearningOptimizer(keras.optimizers.Optimizer):
             alpha, eps, second = lr * root, self.epsilon * root, num
         v = self._velocities[idx]
         if isinstance(second, sparse.RowSparse):
-            self.assign(v, sparse.rowwise(
-                lambda g_, v_: v_ + (g_ * g_ - v_) * (1.0 - self.beta_2), second, v.value))
+            self._store_rowwise(v, lambda g_, v_: v_ + (g_ * g_ - v_) * (1.0 - self.beta_2),
+                                second, v.value)
         else:
             self.assign_add(v, (ops.square(second) - v) * (1.0 - self.beta_2))
         if self.amsgrad:
@@ -703,11 +705,23 @@ class NestedLearningOptimizer(keras.optimizers.Optimizer):
             c_g, *c = ops.unstack(ops.reshape(row, (4,)), 4)
         effective = sparse.rowwise(
             lambda g_, *m_: memory.effective_from_old(g_, m_, c_g, c), g, *old)
-        new = [sparse.rowwise(lambda g_, m_, d=d: memory.update_memories([m_], g_, [d])[0],
-                              g, m) for m, d in zip(old, self.decays)]
-        for var, value in zip(mem_vars, new):
-            self._store(var, value)
+        new = [self._store_rowwise(
+            var, lambda g_, m_, d=d: memory.update_memories([m_], g_, [d])[0], g, m)
+            for var, m, d in zip(mem_vars, old, self.decays)]
         return effective, new, self._weights_for_stats(weights, dtype)
+
+    def _store_rowwise(self, var, fn, g, old):
+        """``var <- fn(g, old)`` for a row-sparse ``g`` (``sparse.rowwise``); returns the new
+        value.  A float32 state variable takes the dense pass ``fn(0, old)`` and then its
+        rows in place (a scatter into the variable, no second table-sized tensor)."""
+        if var.dtype != old.dtype:  # bfloat16 state: round the whole new value once
+            value = sparse.rowwise(fn, g, old)
+            self._store(var, value)
+            return value
+        rows = fn(g.values, sparse.gather(old, g.indices))  # from the old value, read first
+        self.assign(var, fn(0.0, old))
+        self.assign(var, sparse.as_indexed_slices(g._replace(values=rows)))  # scatter-update
+        return var
 
     def _adaptive_weights(self, idx, cos):
         logits_var = self._blend_logits[idx]
@@ -728,16 +742,16 @@ class NestedLearningOptimizer(keras.optimizers.Optimizer):
 
         The write is a few ops whatever the mode: the inner products of
         ``[g; tiers; update; x]`` are one Gram matrix (one matmul of the stacked
-        rows), and the fields are gathered from it.  A variable on interval 1
-        writes under a ``cond`` on the last steps of the window (``_stats_due``);
-        a graph-mode ``cond`` still walks its untaken branch on every step, so
-        that branch is kept small.  A slower variable is already inside its
-        interval's branch here, and writes on each of its applied updates (1 in
-        ``k`` steps) without a second ``cond``.  Either way the last write of a
-        window is the variable's last applied update in it.
+        rows), and the fields are gathered from it, under a ``cond`` on the last
+        steps of the window (``_stats_due``, shared by all variables).  A
+        graph-mode ``cond`` still walks its untaken branch on every step, so that
+        branch is kept small; measured, that costs less than writing a slow
+        layer's statistics on each of its applied updates without the ``cond``
+        (``scripts/bench_tracking.py``).  The last write of a window is the
+        variable's last applied update in it.
         """
         step = self.iterations
-        due = self._stats_due(step) if self._intervals[idx] == 1 else None
+        due = self._stats_due(step)
         rows = [g, *mems, update]  # g: densified in the branch if row-sparse
         index = _stat_gather_index(len(mems))
 
@@ -754,10 +768,7 @@ class NestedLearningOptimizer(keras.optimizers.Optimizer):
                                 tf.zeros((1,), f32)], axis=0)
             self.assign(self._stats[idx], tf.gather(values, index))
 
-        if self._intervals[idx] > 1:
-            write()  # already inside the interval's branch: runs on applied updates only
-        else:
-            ops.cond(due, write, lambda: None)
+        ops.cond(due, write, lambda: None)
 
     def _stats_due(self, step):
         """Whether this step is one of the last ``K`` steps of its ``stats_every`` window, ``K``

@@ -85,6 +85,13 @@ def rowwise(fn: Callable, g: RowSparse, *state):
     return tf.tensor_scatter_nd_update(dense, ops.expand_dims(g.indices, 1), rows)
 
 
+def gather(x, indices):
+    """Rows ``indices`` of ``x``."""
+    import tensorflow as tf
+
+    return tf.gather(x, indices)
+
+
 def vdot(g: RowSparse, x):
     """``<g, x>`` reading only ``g``'s rows of ``x``."""
     import tensorflow as tf

@@ -166,6 +166,7 @@ class LocalSweep:
         # The tracker groups and tags W&B runs by the sweep id (offline runs group locally).
         env = dict(os.environ, WANDB_SWEEP_ID=self.name, WANDB_RUN_GROUP=self.name,
                    WANDB_MODE=os.environ.get("WANDB_MODE", "offline"))
+        env.pop("WANDB_SERVICE", None)  # each trial owns its W&B service (a killed one frees it)
         progress = os.path.join(trial.run_dir, "progress.jsonl")
         start = time.perf_counter()
         print(f"[{self.name}] {trial.name}: {' '.join(shlex.quote(a) for a in overrides[:-1])}",

@@ -56,7 +56,11 @@ def data_dir(data_dir):
 def _env(out, **extra):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", WANDB_MODE="offline", WANDB_SILENT="true",
                NESTED_RESEARCH_OUTPUT_DIR=str(out), **extra)
-    for key in ("WANDB_DIR", "WANDB_SWEEP_ID", "WANDB_RUN_GROUP", ckpt_mod.KILL_ENV):
+    # WANDB_SERVICE: an in-process W&B test earlier in the session leaves this process's W&B
+    # service in the environment; a child that used it would leave its run id "in use" there
+    # when killed.  Each run owns its service, as from a shell.
+    for key in ("WANDB_DIR", "WANDB_SWEEP_ID", "WANDB_RUN_GROUP", "WANDB_SERVICE",
+                ckpt_mod.KILL_ENV):
         if key not in extra:
             env.pop(key, None)
     return env
