@@ -166,6 +166,14 @@ def wait_for_exit(path: str, timeout: float = 30.0, poll: float = 0.05) -> bool:
         time.sleep(poll)
 
 
+def _apply_items(target: dict, record) -> None:
+    """A config or summary record's ``update`` items set into ``target``, ``remove`` items popped."""
+    for item in record.update:
+        _set(target, _key(item), json.loads(item.value_json))
+    for item in record.remove:
+        target.pop(_key(item)[0], None)
+
+
 def read_run(path: str, wait: float = 0.0) -> OfflineRun:
     """Parse an offline run directory (or its ``.wandb`` file) into an ``OfflineRun``.
 
@@ -184,10 +192,7 @@ def read_run(path: str, wait: float = 0.0) -> OfflineRun:
             for item in r.config.update:
                 _set(run.config, _key(item), json.loads(item.value_json))
         elif kind == "config":
-            for item in record.config.update:
-                _set(run.config, _key(item), json.loads(item.value_json))
-            for item in record.config.remove:
-                run.config.pop(_key(item)[0], None)
+            _apply_items(run.config, record.config)
         elif kind == "history":
             row = {}
             for item in record.history.item:
@@ -199,10 +204,7 @@ def read_run(path: str, wait: float = 0.0) -> OfflineRun:
                     _set(row, key, value)
             run.history.append(row)
         elif kind == "summary":
-            for item in record.summary.update:
-                _set(run.summary, _key(item), json.loads(item.value_json))
-            for item in record.summary.remove:
-                run.summary.pop(_key(item)[0], None)
+            _apply_items(run.summary, record.summary)
         elif kind == "metric":
             m = record.metric
             run.metrics[m.name or m.glob_name] = m.step_metric

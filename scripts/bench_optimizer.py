@@ -180,10 +180,12 @@ class _Step:
     TensorFlow: ``optimizer.apply`` in a ``tf.function`` (graph mode, or XLA with ``jit``).
     JAX (``KERAS_BACKEND=jax``, always XLA): ``optimizer.stateless_apply`` under ``jax.jit``,
     the state carried from call to call and written back to the variables on ``sync()``.
+    ``prepare`` (TensorFlow): applied to the gradients inside the compiled step.
     """
 
-    def __init__(self, opt, variables, jit):
+    def __init__(self, opt, variables, jit, prepare=None):
         self.opt, self.variables = opt, variables
+        prepare = prepare or (lambda grads: grads)
         if _backend() == "jax":
             import jax
 
@@ -193,7 +195,8 @@ class _Step:
         else:
             import tensorflow as tf
 
-            self._fn = tf.function(lambda grads: opt.apply(grads, variables), jit_compile=jit)
+            self._fn = tf.function(lambda grads: opt.apply(prepare(grads), variables),
+                                   jit_compile=jit)
 
     def __call__(self, grads):
         if _backend() == "jax":
@@ -213,6 +216,16 @@ class _Step:
             for var, value in zip(self.variables, tv):
                 var.assign(value)
         return _sync(self.opt)
+
+
+def _time_steps(step, grads, steps):
+    """Seconds per call of ``step(grads)``, over ``steps`` calls after a sync."""
+    step.sync()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step(grads)
+    step.sync()
+    return (time.perf_counter() - t0) / steps
 
 
 def _summary(times, names):
@@ -257,15 +270,8 @@ def bench_optimizer_only(names, sets, modes, repeats, steps, warmup, log=print):
                 step.sync()
                 runners[name] = step
 
-            def block(step):
-                step.sync()
-                t0 = time.perf_counter()
-                for _ in range(steps):
-                    step(grads)
-                step.sync()
-                return (time.perf_counter() - t0) / steps
-
-            row = _summary(_alternate(runners, names, repeats, block), names)
+            row = _summary(_alternate(runners, names, repeats,
+                                      lambda step: _time_steps(step, grads, steps)), names)
             results[set_name][mode] = row
             log(f"  optimizer {set_name:11s} {mode:5s} " + "  ".join(
                 f"{n}={row['ratio_to_adam'][n]:.2f}" for n in names), flush=True)
@@ -279,39 +285,28 @@ def bench_sparse(repeats, steps, quick, log=print):
     import keras
     import tensorflow as tf
 
-    import nested_research.optimizer as optmod
-
     rows, width, looked_up = (2000, 16, 64) if quick else (200_000, 64, 2048)
     rng = np.random.default_rng(0)
     idx = tf.constant(rng.integers(0, rows, size=looked_up).astype("int32"))
     vals = tf.constant((rng.normal(size=(looked_up, width)) * 1e-2).astype("float32"))
     grads = [tf.IndexedSlices(vals, idx, tf.constant((rows, width), "int64"))]
     keras.backend.clear_session()
-    runners, stack_max = {}, optmod.STACK_MAX_ELEMENTS
-    for name, opt_name, densify in (("adam", "adam", False),
-                                    ("nested_attention_sparse", "nested_attention", False),
-                                    ("nested_attention_densified", "nested_attention", True)):
+    densify = lambda gs: [tf.convert_to_tensor(g) for g in gs]  # noqa: E731 (in the step)
+    runners = {}
+    for name, opt_name, prepare in (("adam", "adam", None),
+                                    ("nested_attention_sparse", "nested_attention", None),
+                                    ("nested_attention_densified", "nested_attention", densify)):
         table = [keras.Variable(np.zeros((rows, width), "float32"), name="embeddings")]
         opt = make_optimizer(opt_name)
         opt.build(table)
-        optmod.STACK_MAX_ELEMENTS = rows * width if densify else stack_max  # read when traced
-        step = _Step(opt, table, jit=False)
+        step = _Step(opt, table, jit=False, prepare=prepare)
         for _ in range(2):
             step(grads)
         step.sync()
         runners[name] = step
-    optmod.STACK_MAX_ELEMENTS = stack_max
     names = list(runners)
-
-    def block(step):
-        step.sync()
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            step(grads)
-        step.sync()
-        return (time.perf_counter() - t0) / steps
-
-    row = _summary(_alternate(runners, names, repeats, block), names)
+    row = _summary(_alternate(runners, names, repeats,
+                              lambda step: _time_steps(step, grads, steps)), names)
     row.update(rows=rows, width=width, looked_up=looked_up)
     log(f"  sparse {rows}x{width}, {looked_up} rows looked up: " + "  ".join(
         f"{n}={row['ratio_to_adam'][n]:.2f} ({1e3 * row['seconds'][n]:.2f} ms)" for n in names),

@@ -217,18 +217,14 @@ def test_compression_inside_the_optimizer():
 FORM_SHAPES = [(7,), (4, 5), (), (64, 40), (2051,)]
 
 
-@pytest.mark.parametrize("mode", ["fixed", "attention", "adaptive", "none"])
-@pytest.mark.parametrize("form", ["stacked", "elementwise", "xla"])
-def test_every_step_form_matches_the_reference(mode, form, monkeypatch):
+def form_step(opt, form, monkeypatch):
+    """``(step(grads), variables, params)``: ``opt`` built on random ``FORM_SHAPES`` variables,
+    its step in ``form`` (``elementwise``: no stacked small-tensor form; ``xla``: compiled)."""
     import tensorflow as tf
     import nested_research.optimizer as optimizer_module
 
     if form == "elementwise":
         monkeypatch.setattr(optimizer_module, "STACK_MAX_ELEMENTS", 0)
-    amsgrad = mode in ("attention", "none")
-    opt = NestedLearningOptimizer(memory_blend_mode=mode, learning_rate=0.01, amsgrad=amsgrad)
-    # lr as the float32 variable holds it, so that the comparison is float64-tight
-    ref = NumpyNested(FORM_SHAPES, mode=mode, lr=float(np.float32(0.01)), amsgrad=amsgrad)
     variables = make_vars(FORM_SHAPES, zeros=False)
     params = [v.numpy().astype(float) for v in variables]
     opt.build(variables)
@@ -236,6 +232,19 @@ def test_every_step_form_matches_the_reference(mode, form, monkeypatch):
         step = tf.function(lambda g: opt.apply(g, variables), jit_compile=True)
     else:
         step = lambda g: opt.apply(g, variables)  # noqa: E731
+    return step, variables, params
+
+
+@pytest.mark.parametrize("mode", ["fixed", "attention", "adaptive", "none"])
+@pytest.mark.parametrize("form", ["stacked", "elementwise", "xla"])
+def test_every_step_form_matches_the_reference(mode, form, monkeypatch):
+    import tensorflow as tf
+
+    amsgrad = mode in ("attention", "none")
+    opt = NestedLearningOptimizer(memory_blend_mode=mode, learning_rate=0.01, amsgrad=amsgrad)
+    # lr as the float32 variable holds it, so that the comparison is float64-tight
+    ref = NumpyNested(FORM_SHAPES, mode=mode, lr=float(np.float32(0.01)), amsgrad=amsgrad)
+    step, variables, params = form_step(opt, form, monkeypatch)
     # (the adaptive logits start from a float32 constant)
     rtol, atol = (1e-7, 1e-10) if mode == "adaptive" else (1e-9, 1e-12)
     for grads in grad_stream(FORM_SHAPES, 12, seed=5):

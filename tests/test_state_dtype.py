@@ -18,7 +18,7 @@ from nested_research import NestedLearningOptimizer
 from nested_research.optimizer import STATE_DTYPES
 
 from reference import NumpyNested
-from test_optimizer import FORM_SHAPES, grad_stream, make_vars
+from test_optimizer import FORM_SHAPES, form_step, grad_stream, make_vars
 
 LR = float(np.float32(0.01))  # the float32 learning-rate variable, exactly
 
@@ -139,20 +139,11 @@ def test_state_bytes_per_parameter(mode, interval, f32_bytes, bf16_bytes):
 def test_bfloat16_state_matches_the_rounded_reference(mode, form, monkeypatch):
     """float64 parameters with bfloat16 tiers == the float64 reference that rounds its tiers."""
     import tensorflow as tf
-    import nested_research.optimizer as optimizer_module
 
-    if form == "elementwise":
-        monkeypatch.setattr(optimizer_module, "STACK_MAX_ELEMENTS", 0)
     opt = NestedLearningOptimizer(memory_blend_mode=mode, learning_rate=0.01,
                                   state_dtype="bfloat16")
     ref = Bf16Reference(FORM_SHAPES, mode=mode, lr=LR)
-    variables = make_vars(FORM_SHAPES, zeros=False)
-    params = [v.numpy().astype(float) for v in variables]
-    opt.build(variables)
-    if form == "xla":
-        step = tf.function(lambda g: opt.apply(g, variables), jit_compile=True)
-    else:
-        step = lambda g: opt.apply(g, variables)  # noqa: E731
+    step, variables, params = form_step(opt, form, monkeypatch)
     for grads in grad_stream(FORM_SHAPES, 10, seed=7):
         step([tf.constant(g, tf.float64) for g in grads])
         params = ref.step(params, grads)
