@@ -56,6 +56,7 @@ import numpy as np
 from keras import ops
 
 from nested_research import compression, intervals, memory, sparse
+from nested_research.stats import in_stats_window
 from nested_research.depths import compute_depths
 from nested_research.lr_schedule import PerEpochSchedule, validate_fractions
 
@@ -148,6 +149,24 @@ def validate_config(cfg: dict) -> None:
         raise ValueError(f"state_dtype={cfg['state_dtype']!r} is not one of {STATE_DTYPES}")
 
 
+class _StatsRecording:
+    """``NestedLearningOptimizer.stats_recording``'s context (a class: it is entered on every
+    call of a train function, so it is kept cheap)."""
+
+    __slots__ = ("opt", "record", "previous")
+
+    def __init__(self, opt, record: bool):
+        self.opt, self.record = opt, record
+
+    def __enter__(self):
+        self.previous, self.opt._stats_recording = self.opt._stats_recording, self.record
+        return self.opt
+
+    def __exit__(self, *exc):
+        self.opt._stats_recording = self.previous
+        return False
+
+
 def _in_xla_context() -> bool:
     """Whether the step is being traced for XLA (``jit_compile=True``); a trace-time fact."""
     if keras.backend.backend() == "jax":
@@ -193,7 +212,10 @@ class NestedLearningOptimizer(keras.optimizers.Optimizer):
             ``compute_depths_from_model``/``register_*`` and saved in the
             config so a reloaded optimizer rebuilds the same intervals.
         stats_every: record per-variable statistics in the step every this
-            many steps (0: never); read them with ``memory_stats()``.
+            many steps (0: never); read them with ``memory_stats()``.  Each
+            step decides on the device whether to record (a ``cond``), unless it
+            was traced inside ``stats_recording``: the trainer runs a recording
+            and a plain train function (``stats.StatsWindow``).
         state_dtype: storage of the gradient memories: the three tiers (with
             ``memory_blend_mode="none"``: the first moment) and the interval
             accumulators.  ``"float32"`` (full precision: the variable's own
@@ -293,6 +315,7 @@ class NestedLearningOptimizer(keras.optimizers.Optimizer):
         self.memory_mix = float(memory_mix)
         self.adaptive_rate = float(adaptive_rate)
         self.stats_every = int(stats_every)
+        self._stats_recording = None  # see stats_recording()
         self.state_dtype = state_dtype
         self._variable_depths = {str(k): int(v) for k, v in (variable_depths or {}).items()}
 
@@ -591,7 +614,7 @@ class NestedLearningOptimizer(keras.optimizers.Optimizer):
             v = v_hat
         # lr * e / (sqrt(v / bc2) + eps) == (lr sqrt(bc2)) e / (sqrt(v) + eps sqrt(bc2))
         update = ops.divide(ops.multiply(num, alpha), ops.add(ops.sqrt(v), eps))
-        if self.stats_every:
+        if self._records_stats:
             self._record_stats(idx, variable, g, mems, weights, update)
         self.assign_sub(variable, update)
 
@@ -730,8 +753,13 @@ class NestedLearningOptimizer(keras.optimizers.Optimizer):
         self.assign(logits_var, logits)
         return ops.softmax(logits)
 
+    @property
+    def _records_stats(self) -> bool:
+        """Whether the step being traced (or run eagerly) may record statistics."""
+        return bool(self.stats_every) and self._stats_recording is not False
+
     def _weights_for_stats(self, weights, dtype):
-        if not self.stats_every:
+        if not self._records_stats:
             return None
         if isinstance(weights, (list, tuple)):
             return ops.convert_to_tensor(weights, dtype)
@@ -742,16 +770,20 @@ class NestedLearningOptimizer(keras.optimizers.Optimizer):
 
         The write is a few ops whatever the mode: the inner products of
         ``[g; tiers; update; x]`` are one Gram matrix (one matmul of the stacked
-        rows), and the fields are gathered from it, under a ``cond`` on the last
-        steps of the window (``_stats_due``, shared by all variables).  A
-        graph-mode ``cond`` still walks its untaken branch on every step, so that
-        branch is kept small; measured, that costs less than writing a slow
-        layer's statistics on each of its applied updates without the ``cond``
-        (``scripts/bench_tracking.py``).  The last write of a window is the
-        variable's last applied update in it.
+        rows), and the fields are gathered from it.  Which steps write:
+
+        * inside ``stats_recording(True)`` / ``(False)``: every step / none; the
+          caller runs the recording function only on the window's steps
+          (``stats.StatsWindow``, what the trainer does), so the other steps carry
+          no statistics work at all;
+        * otherwise (the optimizer in a plain ``model.fit``): the steps of the
+          window (``_stats_due``, one comparison shared by all variables), under a
+          ``cond`` per variable.  A graph-mode ``cond`` still walks its untaken
+          branch on every step (measured in ``scripts/bench_tracking.py``).
+
+        The last write of a window is the variable's last applied update in it.
         """
         step = self.iterations
-        due = self._stats_due(step)
         rows = [g, *mems, update]  # g: densified in the branch if row-sparse
         index = _stat_gather_index(len(mems))
 
@@ -768,27 +800,45 @@ class NestedLearningOptimizer(keras.optimizers.Optimizer):
                                 tf.zeros((1,), f32)], axis=0)
             self.assign(self._stats[idx], tf.gather(values, index))
 
-        ops.cond(due, write, lambda: None)
+        if self._stats_recording is None:
+            ops.cond(self._stats_due(step), write, lambda: None)
+        elif self._stats_recording:
+            write()
+
+    def stats_recording(self, record: bool) -> "_StatsRecording":
+        """A context: steps traced (or run eagerly) inside record statistics on every step
+        (``True``) or on none (``False``), with no per-step ``cond``.
+
+        For a caller that counts steps on the host: it traces one train function
+        each way and runs the recording one on the last ``longest_interval`` steps of
+        each window (``stats.StatsWindow``).  A traced function keeps what it was traced
+        with.  No effect with ``stats_every=0``.
+        """
+        if not isinstance(record, bool):
+            raise ValueError(f"stats_recording: record={record!r}; allowed: True or False")
+        return _StatsRecording(self, record)
+
+    @property
+    def longest_interval(self) -> int:
+        """The largest update interval of any variable (after the optimizer is built)."""
+        return max(self.intervals.values(), default=1)
 
     def _stats_due(self, step):
-        """Whether this step is one of the last ``K`` steps of its ``stats_every`` window, ``K``
-        the longest interval: each variable's last applied update of the window falls among
-        them, and the last write wins.  One tensor per traced graph, shared by the variables
-        (one comparison per step, not one per variable)."""
+        """Whether ``step`` is one of the last ``longest_interval`` steps of its ``stats_every``
+        window (``stats.in_stats_window``): each variable's last applied update of the window
+        falls among them.  One tensor per traced graph, shared by the variables (one
+        comparison per step, not one per variable)."""
         import tensorflow as tf
 
-        def compute():
-            last = max(self._intervals, default=1)
-            return ops.greater_equal(ops.mod(step, self.stats_every),
-                                     self.stats_every - last)
+        def due():
+            return in_stats_window(step, self.stats_every, max(self._intervals, default=1))
 
         if tf.executing_eagerly():
-            return compute()
+            return due()
         graph = tf.compat.v1.get_default_graph()
-        due = self._stats_due_by_graph.get(graph)
-        if due is None:
-            due = self._stats_due_by_graph[graph] = compute()
-        return due
+        if graph not in self._stats_due_by_graph:
+            self._stats_due_by_graph[graph] = due()
+        return self._stats_due_by_graph[graph]
 
     # ------------------------------------------------------------------ inspection
     def memory_stats(self) -> dict[str, dict]:

@@ -30,14 +30,19 @@ aggregation turns them into layer rows:
   ``[variables, fields]`` matrix, so reading the statistics of a large model
   moves a few kilobytes, not the optimizer state.
 
-Nothing here runs in the training step.
+Nothing here runs in the training step.  ``StatsWindow`` (a Keras callback)
+chooses, on the host, which of two traced train functions a step runs: the one
+that records the in-step fields or the one that does not (see
+``NestedLearningOptimizer.stats_recording``).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections import OrderedDict
 
+import keras
 import numpy as np
 
 from nested_research.memory import TIERS
@@ -60,6 +65,106 @@ RAW_FIELDS = ("updates", "accum_sq", "v_sum", "tier_sq_0", "tier_sq_1", "tier_sq
 #: In-step fields, ``None`` until the optimizer has recorded statistics once.
 IN_STEP_FIELDS = ("cos_short", "cos_medium", "cos_long", "grad_norm", "update_norm",
                   "param_norm", "update_ratio", "stats_step")
+
+
+def in_stats_window(step, every: int, longest: int):
+    """Whether the 0-based ``step`` is one of the last ``longest`` steps of its ``every``-step
+    window (``step mod every >= every - longest``): a variable whose interval is at most
+    ``longest`` applies its last update of the window among them.  ``step``: an int (a bool
+    comes back) or a tensor (a boolean tensor)."""
+    if isinstance(step, (int, np.integer)):
+        return step % every >= every - longest
+    from keras import ops
+
+    return ops.greater_equal(ops.mod(step, every), every - longest)
+
+
+def traced_with_stats(opt, fn, record: bool):
+    """``fn`` (a train function) called inside ``opt.stats_recording(record)``: the steps it
+    traces (or runs eagerly) record statistics on every step, or on none."""
+    context = opt.stats_recording(record)
+
+    def train_function(*args, **kwargs):
+        with context:  # read only while tracing (or run eagerly)
+            return fn(*args, **kwargs)
+    return train_function
+
+
+class StatsWindow(keras.callbacks.Callback):
+    """Runs the optimizer's statistics-recording step only on the steps that need it.
+
+    With ``stats_every = N`` the in-step statistics are read after every N-th
+    step, and each variable's must come from its last applied update before
+    that.  This callback counts steps on the host and runs one of two traced
+    train functions per step (``optimizer.stats_recording``): the recording
+    one on the last ``longest_interval`` steps of each window
+    (``in_stats_window``), the plain one, which has no statistics work at all,
+    on the others.  The recording function is traced when first needed.
+
+    ``start_step``: steps already trained in a resumed run (``None``: the
+    optimizer's ``iterations``).  Does nothing when the optimizer records no
+    statistics.  After ``fit`` the model's train function is reset (the next
+    ``fit`` traces its own).
+    """
+
+    def __init__(self, optimizer, start_step: int | None = None):
+        super().__init__()
+        self.opt = getattr(optimizer, "inner_optimizer", optimizer)  # under a LossScaleOptimizer
+        self.start_step = start_step
+        self.active = bool(getattr(self.opt, "stats_every", 0)) and \
+            hasattr(self.opt, "stats_recording")
+        self.step = 0
+        self.recording_steps = 0
+        self._fns: dict[bool, object] = {}
+        self._last_batch = -1
+
+    def on_train_begin(self, logs=None):
+        if not self.active:
+            return
+        model = self.model
+        model.make_train_function()  # (what fit already made; Keras' returns nothing)
+        if model.train_function is not self._fns.get(False):  # else: ours, kept (a benchmark)
+            self._fns = {False: traced_with_stats(self.opt, model.train_function, False)}
+            model.train_function = self._fns[False]
+        self._per_call = int(getattr(model, "steps_per_execution", 1) or 1)
+        self.longest = self._longest_interval()
+        self.step = int(keras.ops.convert_to_numpy(self.opt.iterations)) \
+            if self.start_step is None else int(self.start_step)
+        self.recording_steps = 0
+
+    def _longest_interval(self) -> int:
+        """The optimizer's ``longest_interval``, also before it is built (the first step)."""
+        if self.opt.built:
+            return self.opt.longest_interval
+        with warnings.catch_warnings():  # (a warning about missing depths comes at build)
+            warnings.simplefilter("ignore")
+            return max(self.opt._resolve_intervals(self.model.trainable_variables), default=1)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._last_batch = -1
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if not self.active:
+            return
+        model, every, longest = self.model, self.opt.stats_every, self.longest
+        record = any(in_stats_window(i, every, longest)
+                     for i in range(self.step, self.step + self._per_call))
+        if record and True not in self._fns:
+            model.make_train_function(force=True)  # a second function, traced recording
+            self._fns[True] = traced_with_stats(self.opt, model.train_function, True)
+        fn = self._fns[record]
+        if model.train_function is not fn:
+            model.train_function = fn
+        self.recording_steps += self._per_call if record else 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        # Keras passes the epoch's last step index (several per call with steps_per_execution)
+        self.step += max(int(batch) - self._last_batch, 1)
+        self._last_batch = int(batch)
+
+    def on_train_end(self, logs=None):
+        if self.active:
+            self.model.train_function = None
 
 
 def layer_of(path: str) -> str:

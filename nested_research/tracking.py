@@ -21,7 +21,9 @@ every ``stats_every`` steps (the optimizer's in-step statistics period)
     gradient, update and parameter norms, update-to-weight ratio, depth,
     interval, applied updates, steps since the last update, accumulated
     gradient norm.  Read with one on-device reduction (``StatsReader``) on
-    these steps only; the optimizer wrote them inside its step.
+    these steps only; the optimizer wrote them inside its step (the trainer
+    runs its recording train function on the window's steps only:
+    ``stats.StatsWindow``).
 every ``timing_every`` steps
     ``timing/optimizer_ms`` (a separate ``tf.function`` of
     ``optimizer.apply`` on gradient-shaped noise, state restored afterwards),
@@ -44,6 +46,7 @@ from __future__ import annotations
 
 import array
 import collections
+import contextlib
 import math
 import os
 import shutil
@@ -192,8 +195,13 @@ class OptimizerTimer:
         state = list(optimizer.variables) + variables
         self._n_opt = len(state) - len(variables)
 
+        base = _base(optimizer)
+        quiet = getattr(base, "stats_recording", None)
+
         def apply(grads):
-            optimizer.apply(grads, variables)
+            # the optimizer as on most steps: without the in-step statistics (stats.StatsWindow)
+            with quiet(False) if quiet else contextlib.nullcontext():
+                optimizer.apply(grads, variables)
             return tf.identity(optimizer.iterations.value)
 
         def restore(values):

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import keras
 
 from nested_research.guard import DEFAULT_MAX_NONFINITE_STEPS, NonFiniteGuard
+from nested_research.stats import StatsWindow
 
 _KERAS_TO_OURS = {"loss": "loss", "accuracy": "accuracy"}
 
@@ -84,6 +85,8 @@ def fit(model: keras.Model, optimizer, data, *, epochs: int, max_steps: int | No
     """Train ``model`` on ``data`` (a ``DataBundle``) and evaluate it on the test split.
 
     ``progress_path``: a JSON-lines file that gets one row of metrics per epoch.
+    With an optimizer that records statistics (``stats_every``), only the steps of each
+    window run the recording step (``stats.StatsWindow``).
     Steps with a non-finite loss or gradient are skipped (``guard.py``); ``max_nonfinite_steps``
     consecutive non-finite losses raise ``guard.NonFiniteLossError``.
     ``checkpointer``: a ``checkpoint.Checkpointer`` (periodic checkpoints, and one at the end
@@ -104,6 +107,8 @@ def fit(model: keras.Model, optimizer, data, *, epochs: int, max_steps: int | No
     if resume is not None:
         resume.restore(model, data, extra_variables=guard.variables)
     callbacks = list(callbacks or [])
+    # the statistics-recording step only where a read needs it (stats.StatsWindow)
+    callbacks.insert(0, StatsWindow(optimizer, start_step=done if resume is not None else None))
     if progress_path:
         callbacks.append(ProgressLog(progress_path))
     if max_steps is not None:
