@@ -830,9 +830,7 @@ class NestedLearningOptimizer(keras.optimizers.Optimizer):
         comparison per step, not one per variable)."""
         import tensorflow as tf
 
-        def due():
-            return in_stats_window(step, self.stats_every, max(self._intervals, default=1))
-
+        due = lambda: in_stats_window(step, self.stats_every, self.longest_interval)  # noqa: E731
         if tf.executing_eagerly():
             return due()
         graph = tf.compat.v1.get_default_graph()

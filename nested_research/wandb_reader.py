@@ -189,8 +189,7 @@ def read_run(path: str, wait: float = 0.0) -> OfflineRun:
             r = record.run
             run.run_id, run.name, run.group = r.run_id, r.display_name, r.run_group
             run.tags = list(r.tags)
-            for item in r.config.update:
-                _set(run.config, _key(item), json.loads(item.value_json))
+            _apply_items(run.config, r.config)
         elif kind == "config":
             _apply_items(run.config, record.config)
         elif kind == "history":

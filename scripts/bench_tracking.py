@@ -143,11 +143,12 @@ def in_step_ms(workload: str, data, n: int, rounds: int, blocks: int) -> dict:
         fn = model.train_function
         return fn if record is None else traced_with_stats(opt, fn, record)
 
-    names = ["step", "A/A", "in-step", "cond form"]
+    # each function's stats_recording (None: traced outside it)
+    kinds = {"step": False, "A/A": False, "in-step": None, "cond form": None}
+    names = list(kinds)
     rng = random.Random(0)
     means = {name: [] for name in names}
     per_step = {True: [], False: []}  # the in-step steps, recording or not
-    kinds = {"step": False, "A/A": False, "in-step": None, "cond form": None}
     for r in range(rounds):  # each round traces every function anew, in a rotated order
         window = StatsWindow(opt)
         fns = {name: fresh(kinds[name]) for name in names[r % 4:] + names[:r % 4]}
