@@ -17,7 +17,23 @@ so a slow layer pays for one SVD per applied update.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+
+from nested_research.hparams import HParams, boolean, integer, param
+
+
+@dataclasses.dataclass(frozen=True)
+class CompressionParams(HParams):
+    """Low-rank gradient compression (optimizer keywords; ``optimizer.params`` in Hydra)."""
+
+    use_gradient_compression: bool = param(False, boolean())
+    compression_rank: int = param(None, integer(1, optional=True))
+
+    def validate(self) -> None:
+        if self.use_gradient_compression and self.compression_rank is None:
+            raise ValueError("compression_rank=None must be an integer >= 1 when "
+                             "use_gradient_compression=True")
 
 
 def low_rank(gradient, rank: int):

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import keras
 
+from nested_research import checks
+
 
 def _has_weights(layer) -> bool:
     return bool(getattr(layer, "trainable_weights", None))
@@ -83,3 +85,82 @@ def compute_depths(model) -> dict[str, int]:
     for v in model.trainable_variables:
         out.setdefault(v.path, span)
     return {v.path: out[v.path] for v in model.trainable_variables}
+
+
+class DepthRegistry:
+    """The optimizer's depth registration and interval resolution (mixed into optimizers that
+    schedule layers by depth; needs ``hparams["intervals"]``, an ``intervals.IntervalParams``).
+
+    Depths are keyed by variable path; ``intervals`` and ``longest_interval`` are known once
+    the optimizer is built.
+    """
+
+    def _init_depths(self, depths) -> None:
+        self._variable_depths = {str(k): int(v) for k, v in (depths or {}).items()}
+
+    def _require_unbuilt(self, what: str) -> None:
+        if self.built:
+            raise RuntimeError(
+                f"{what}: the optimizer is already built and its update intervals are fixed; "
+                "register depths before the first training step (before model.fit)")
+
+    def compute_depths_from_model(self, model) -> dict[str, int]:
+        """Assign every trainable variable of ``model`` its depth; return the map."""
+        self._require_unbuilt("compute_depths_from_model")
+        depths = compute_depths(model)
+        self._variable_depths.update(depths)
+        return dict(depths)
+
+    def register_variable_depth(self, variable, depth: int) -> None:
+        """Set the depth of one variable (keyed by its path)."""
+        self._require_unbuilt("register_variable_depth")
+        self._variable_depths[variable.path] = checks.check_int("depth", depth, 0)
+
+    def register_layer_depth(self, layer, depth: int) -> None:
+        """Set the depth of every trainable variable of ``layer``."""
+        if not layer.trainable_weights:
+            raise ValueError(f"register_layer_depth: layer {layer.name!r} has no trainable "
+                             "variables (build it first)")
+        for v in layer.trainable_weights:
+            self.register_variable_depth(v, depth)
+
+    @property
+    def variable_depths(self) -> dict[str, int]:
+        return dict(self._variable_depths)
+
+    def depth_of(self, path: str):
+        """The registered depth of ``path`` (``None`` if unknown); a unique suffix match also
+        counts: Keras drops a Sequential model's name from its variable paths when it is
+        reloaded (``mlp/dense_0/kernel`` -> ``dense_0/kernel``)."""
+        if path in self._variable_depths:
+            return self._variable_depths[path]
+        hits = [d for key, d in self._variable_depths.items()
+                if key.endswith("/" + path) or path.endswith("/" + key)]
+        return hits[0] if len(hits) == 1 else None
+
+    def _resolve_intervals(self, var_list) -> list[int]:
+        from nested_research import intervals
+
+        paths = [v.path for v in var_list]
+        return intervals.resolve(self.hparams["intervals"], paths, self.depth_of)
+
+    def planned_intervals(self, var_list) -> list[int]:
+        """The intervals ``var_list`` would get if the optimizer were built on it now (no
+        warnings; the optimizer stays unbuilt)."""
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return self._resolve_intervals(var_list)
+
+    @property
+    def intervals(self) -> dict[str, int]:
+        """``{variable path: update interval}`` (after the optimizer is built)."""
+        if not self.built:
+            raise RuntimeError("intervals are assigned when the optimizer is built")
+        return {v.path: k for v, k in zip(self._trainable_variables, self._intervals)}
+
+    @property
+    def longest_interval(self) -> int:
+        """The largest update interval of any variable (after the optimizer is built)."""
+        return max(self._intervals, default=1)

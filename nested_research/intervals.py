@@ -35,12 +35,43 @@ accumulation window always holds exactly ``k`` gradients.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import warnings
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
+
+from nested_research.hparams import HParams, boolean, choice, integer, param
 
 CURVES = ("linear", "exponential", "cosine")
+
+
+def _depth_map(name, value):
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or not all(
+            isinstance(k, str) and isinstance(d, int) and not isinstance(d, bool) and d >= 0
+            for k, d in value.items()):
+        raise ValueError(f"{name}={value!r} must be a dict {{variable path: integer depth >= 0}} "
+                         "(or None)")
+    return dict(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class IntervalParams(HParams):
+    """Per-layer update intervals (Hydra group ``schedule_curve``)."""
+
+    auto_schedule: bool = param(True, boolean())
+    max_interval: int = param(6, integer(1))
+    schedule_curve: str = param("cosine", choice(CURVES))
+    reverse_depth_order: bool = param(True, boolean())
+    warmup_steps: int = param(0, integer(0))
+    accumulate_gradients: bool = param(True, boolean())
+    layer_update_intervals: list = param(None, lambda name, v: normalize_patterns(v))
+    default_interval: int = param(1, integer(1))
+    #: ``{variable path: depth}`` the optimizer starts with (``compute_depths_from_model`` and
+    #: ``register_*`` add to it; saved in the config so a reloaded optimizer keeps them).
+    variable_depths: dict = param(None, _depth_map)
 
 
 def curve_interval(depth: int, max_depth: int, max_interval: int, curve: str,
@@ -141,3 +172,58 @@ def applied_updates(step: int, interval: int, warmup_steps: int) -> int:
     if step <= warmup_steps:
         return step
     return warmup_steps + (step - warmup_steps) // interval
+
+
+def resolve(p: IntervalParams, paths: Sequence[str], depth_of: Callable) -> list[int]:
+    """The interval of each path: manual patterns, or the depth curve of the known depths."""
+    if not p.auto_schedule:
+        by_path = pattern_intervals(paths, p.layer_update_intervals, p.default_interval)
+        return [by_path[path] for path in paths]
+    known = {path: d for path in paths if (d := depth_of(path)) is not None}
+    if not known and p.max_interval > 1:
+        warnings.warn(
+            "NestedLearningOptimizer: auto_schedule=True but no layer depths are known; "
+            "every variable updates every step. Call "
+            "optimizer.compute_depths_from_model(model) before training.", stacklevel=4)
+    by_path = auto_intervals(known, p.max_interval, p.schedule_curve, p.reverse_depth_order)
+    return [by_path.get(path, 1) for path in paths]
+
+
+def interval_step(opt, step, interval: int, warmup_steps: int, accumulator, g,
+                  apply: Callable) -> None:
+    """Run ``apply(g_hat)`` on the steps the rule allows; accumulate ``g`` on the others.
+
+    ``interval == 1``: every step.  Else a ``cond`` on the step rule: the update math lives
+    in the taken branch only.  Without an ``accumulator`` the skipped steps drop ``g``; with
+    one, ``g_hat`` is the mean of the window's gradients (``accumulator`` holds their sum,
+    in its own dtype: a bfloat16 accumulator adds in full precision and rounds once).
+    ``g`` may be row-sparse (``sparse.py``).
+    """
+    from keras import ops
+
+    from nested_research import sparse
+
+    if interval == 1:
+        apply(g)
+        return
+    due = is_update_step(step, interval, warmup_steps)
+    if accumulator is None:
+        ops.cond(due, lambda: apply(g), lambda: None)
+        return
+    dtype = g.dtype
+
+    def apply_window():
+        n = float(interval) if warmup_steps <= 0 else \
+            ops.where(ops.less(step, warmup_steps), 1.0, float(interval))
+        total = sparse.elementwise(_add, g, sparse.read(accumulator, dtype))
+        apply(total / ops.cast(n, dtype))
+        opt.assign(accumulator, ops.zeros_like(accumulator))
+
+    def accumulate():
+        sparse.accumulate(opt, accumulator, g)
+
+    ops.cond(due, apply_window, accumulate)
+
+
+def _add(g, a):
+    return a + g

@@ -19,32 +19,45 @@ cosine down to the floor.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import keras
 from keras import ops
 
+from nested_research import checks
+from nested_research.hparams import HParams, integer, param, real
+
 _SUM_TOL = 1e-6
 
 
 def validate_fractions(warmup: float, hold: float, decay: float, min_fraction: float) -> None:
-    """Raise ``ValueError`` unless the phase fractions are >= 0 and sum to 1."""
+    """Raise ``ValueError`` unless the phase fractions are in [0, 1] and sum to 1."""
     for name, value in (("lr_warmup_fraction", warmup), ("lr_hold_fraction", hold),
-                        ("lr_decay_fraction", decay)):
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 1.0:
-            raise ValueError(f"{name}={value!r} must be a number in [0, 1]")
+                        ("lr_decay_fraction", decay), ("lr_min_fraction", min_fraction)):
+        checks.check_real(name, value, 0.0, 1.0)
     total = warmup + hold + decay
     if abs(total - 1.0) > _SUM_TOL:
         raise ValueError(
             f"lr_warmup_fraction + lr_hold_fraction + lr_decay_fraction = {total:g} "
-            f"({warmup:g} + {hold:g} + {decay:g}); the three fractions must sum to 1")
-    if not isinstance(min_fraction, (int, float)) or not 0.0 <= min_fraction <= 1.0:
-        raise ValueError(f"lr_min_fraction={min_fraction!r} must be a number in [0, 1]")
+            f"({warmup:g} + {hold:g} + {decay:g}) must be 1")
 
 
-def _validate_steps(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}={value!r} must be an integer >= 1")
+@dataclasses.dataclass(frozen=True)
+class EpochParams(HParams):
+    """The seed's per-epoch schedule keywords: with ``steps_per_epoch`` set, the optimizer's
+    ``learning_rate`` is wrapped in ``PerEpochSchedule`` (the Hydra ``lr_schedule=per_epoch``
+    builds the same schedule)."""
+
+    steps_per_epoch: int = param(None, integer(1, optional=True))
+    lr_warmup_fraction: float = param(0.25, real(0.0, 1.0))
+    lr_hold_fraction: float = param(0.25, real(0.0, 1.0))
+    lr_decay_fraction: float = param(0.50, real(0.0, 1.0))
+    lr_min_fraction: float = param(0.01, real(0.0, 1.0))
+
+    def validate(self) -> None:
+        validate_fractions(self.lr_warmup_fraction, self.lr_hold_fraction,
+                           self.lr_decay_fraction, self.lr_min_fraction)
 
 
 def _base_rate(base, step):
@@ -80,7 +93,7 @@ class PerEpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
     def __init__(self, initial_learning_rate, steps_per_epoch: int,
                  lr_warmup_fraction: float = 0.25, lr_hold_fraction: float = 0.25,
                  lr_decay_fraction: float = 0.50, lr_min_fraction: float = 0.01):
-        _validate_steps("steps_per_epoch", steps_per_epoch)
+        checks.check_int("steps_per_epoch", steps_per_epoch, 1)
         validate_fractions(lr_warmup_fraction, lr_hold_fraction, lr_decay_fraction,
                            lr_min_fraction)
         self.initial_learning_rate = _deserialize_base(initial_learning_rate)
@@ -126,13 +139,9 @@ class WarmupCosineSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
     def __init__(self, initial_learning_rate: float, total_steps: int, warmup_steps: int = 0,
                  lr_min_fraction: float = 0.0):
-        _validate_steps("total_steps", total_steps)
-        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or \
-                not 0 <= warmup_steps < total_steps:
-            raise ValueError(
-                f"warmup_steps={warmup_steps!r} must be an integer in [0, total_steps={total_steps})")
-        if not 0.0 <= lr_min_fraction <= 1.0:
-            raise ValueError(f"lr_min_fraction={lr_min_fraction!r} must be in [0, 1]")
+        checks.check_int("total_steps", total_steps, 1)
+        checks.check_int("warmup_steps", warmup_steps, 0, total_steps - 1)
+        checks.check_real("lr_min_fraction", lr_min_fraction, 0.0, 1.0)
         self.initial_learning_rate = float(initial_learning_rate)
         self.total_steps = int(total_steps)
         self.warmup_steps = int(warmup_steps)

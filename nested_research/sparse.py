@@ -19,14 +19,25 @@ Duplicate indices (a token that occurs twice in a batch) are merged first
 (``from_indexed_slices``: ``unique`` and a segment sum), as the dense
 equivalent of ``IndexedSlices`` sums them.  ``unique`` has a data-dependent
 shape, which XLA cannot compile: under ``jit_compile=True`` the optimizer
-densifies sparse gradients instead (``NestedLearningOptimizer.update_step``).
+densifies sparse gradients instead (``prepare_gradient``).
+
+The optimizer writes every state update through ``read`` / ``store`` /
+``elementwise`` / ``accumulate``, which take a dense or a row-sparse
+gradient alike, and a state variable whose dtype is narrower than the
+variable's (bfloat16 state: widened on read, rounded to nearest on store).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable, NamedTuple
 
+import keras
 from keras import ops
+
+#: Row-sparse gradients of variables with more elements than this stay sparse (graph mode);
+#: a smaller table costs its ops, not its bytes, and is densified.
+SPARSE_MIN_ELEMENTS = 1 << 13
 
 
 class RowSparse(NamedTuple):
@@ -77,19 +88,32 @@ def as_indexed_slices(g: RowSparse):
 
 
 def rowwise(fn: Callable, g: RowSparse, *state):
-    """``fn(g, *state)`` for a row-sparse ``g``, as the module docstring says."""
+    """``fn(g, *state)`` for a row-sparse ``g``, as the module docstring says.  A state tensor
+    may carry leading axes before ``g``'s shape (the stacked tiers): its rows are gathered
+    along the first axis of ``g``'s shape, and so is the result scattered."""
     import tensorflow as tf
 
     dense = fn(0.0, *state)
-    rows = fn(g.values, *[tf.gather(x, g.indices) for x in state])
-    return tf.tensor_scatter_nd_update(dense, ops.expand_dims(g.indices, 1), rows)
+    rows = fn(g.values, *[gather(x, g.indices, len(x.shape) - len(g.shape)) for x in state])
+    lead = tuple(dense.shape[:len(dense.shape) - len(g.shape)])
+    if not lead:
+        return tf.tensor_scatter_nd_update(dense, ops.expand_dims(g.indices, 1), rows)
+    # one (leading index, row) pair per updated slice: no transposes
+    k = tf.shape(g.indices)[0]
+    grid = tf.stack(tf.meshgrid(*[tf.range(d) for d in lead], indexing="ij"), -1)
+    grid = tf.reshape(grid, (-1, len(lead)))                                  # (L, lead)
+    pairs = tf.concat([tf.repeat(grid, k, axis=0),
+                       tf.reshape(tf.tile(tf.cast(g.indices[:, None], grid.dtype),
+                                          (grid.shape[0], 1)), (-1, 1))], axis=1)
+    flat = tf.reshape(rows, tf.concat([[-1], tf.shape(rows)[len(lead) + 1:]], 0))
+    return tf.tensor_scatter_nd_update(dense, pairs, flat)
 
 
-def gather(x, indices):
-    """Rows ``indices`` of ``x``."""
+def gather(x, indices, axis: int = 0):
+    """Rows ``indices`` of ``x`` (along ``axis``)."""
     import tensorflow as tf
 
-    return tf.gather(x, indices)
+    return tf.gather(x, indices, axis=axis)
 
 
 def vdot(g: RowSparse, x):
@@ -102,3 +126,97 @@ def vdot(g: RowSparse, x):
 def sq_norm(g: RowSparse):
     """``<g, g>`` (rows are distinct, so this is the sum of the squared values)."""
     return ops.sum(ops.square(g.values))
+
+
+# ---------------------------------------------------------------- the optimizer's access
+def in_xla_context() -> bool:
+    """Whether the step is being traced for XLA (``jit_compile=True``); a trace-time fact."""
+    if keras.backend.backend() == "jax":
+        return True
+    if keras.backend.backend() != "tensorflow":
+        return False
+    try:
+        from tensorflow.python.framework import ops as tf_ops
+        from tensorflow.python.ops import control_flow_util
+        return bool(control_flow_util.GraphOrParentsInXlaContext(tf_ops.get_default_graph()))
+    except (ImportError, AttributeError):  # private TF API moved: take the graph-mode form
+        return False
+
+
+def prepare_gradient(gradient, variable, dense_only: bool = False):
+    """The gradient in the variable's dtype and static shape: a dense tensor, or a
+    ``RowSparse`` for ``IndexedSlices`` of a variable above ``SPARSE_MIN_ELEMENTS`` elements in
+    graph mode (not under XLA, whose compiler cannot merge duplicate rows, and not when
+    ``dense_only``: the low-rank projection needs the matrix)."""
+    dtype = variable.dtype
+    if is_indexed_slices(gradient):
+        if math.prod(variable.shape) > SPARSE_MIN_ELEMENTS and not dense_only and \
+                not in_xla_context():
+            return from_indexed_slices(gradient, variable.shape, dtype)
+        gradient = densify_slices(gradient)
+    gradient = ops.convert_to_tensor(gradient)
+    if tuple(gradient.shape) != tuple(variable.shape):
+        gradient = ops.reshape(gradient, variable.shape)  # densified slices lose the shape
+    return gradient if gradient.dtype == dtype else ops.cast(gradient, dtype)
+
+
+def num_elements(g) -> int:
+    return int(math.prod(g.shape))
+
+
+def read(var, dtype):
+    """A state variable's current value (one read: later assignments leave it) in ``dtype``."""
+    value = var.value
+    return value if value.dtype == dtype else ops.cast(value, dtype)
+
+
+def elementwise(fn: Callable, g, *state):
+    """``fn(g, *state)``, for a dense or a row-sparse ``g`` (``rowwise``); ``state``: tensors
+    of ``g``'s shape (leading axis: rows), nothing else."""
+    if isinstance(g, RowSparse):
+        return rowwise(fn, g, *state)
+    return fn(g, *state)
+
+
+def store(opt, var, fn: Callable, g, old):
+    """``var <- fn(g, old)``; returns the new value (unrounded, in ``old``'s dtype).
+
+    A row-sparse ``g`` on a full-precision variable takes the dense pass ``fn(0, old)`` and
+    then its rows in place (a scatter into the variable: no second table-sized tensor); the
+    variable is returned (reads after this see the new value).
+    """
+    if isinstance(g, RowSparse) and var.dtype == old.dtype and \
+            len(var.shape) == len(g.shape):
+        rows = fn(g.values, gather(old, g.indices))
+        opt.assign(var, fn(0.0, old))
+        opt.assign(var, as_indexed_slices(g._replace(values=rows)))  # scatter-update
+        return var
+    new = elementwise(fn, g, old)
+    opt.assign(var, new if new.dtype == var.dtype else ops.cast(new, var.dtype))
+    return new
+
+
+def accumulate(opt, acc, g) -> None:
+    """``acc <- acc + g`` (a scatter-add for a row-sparse ``g``; a bfloat16 ``acc`` adds in
+    ``g``'s dtype and rounds once)."""
+    if acc.dtype != g.dtype:
+        total = elementwise(lambda g_, a_: a_ + g_, g, read(acc, g.dtype))
+        opt.assign(acc, ops.cast(total, acc.dtype))
+    elif isinstance(g, RowSparse):
+        opt.assign_add(acc, as_indexed_slices(g))
+    else:
+        opt.assign_add(acc, g)
+
+
+def tier_sums(g, tiers, cosines: bool):
+    """``memory.tier_sums`` for a dense or a row-sparse ``g`` (the latter reads only its rows
+    of the stacked tiers; the tier norms still read the whole stack)."""
+    from nested_research import memory
+
+    if not isinstance(g, RowSparse):
+        return memory.tier_sums(g, tiers, cosines)
+    rows = ops.reshape(gather(tiers, g.indices, 1), (3, -1))
+    dots = ops.reshape(ops.matmul(rows, ops.reshape(g.values, (-1, 1))), (3,))
+    if not cosines:
+        return None, dots, None
+    return sq_norm(g), dots, ops.sum(ops.square(ops.reshape(tiers, (3, -1))), axis=1)

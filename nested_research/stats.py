@@ -30,22 +30,22 @@ aggregation turns them into layer rows:
   ``[variables, fields]`` matrix, so reading the statistics of a large model
   moves a few kilobytes, not the optimizer state.
 
-Nothing here runs in the training step.  ``StatsWindow`` (a Keras callback)
-chooses, on the host, which of two traced train functions a step runs: the one
-that records the in-step fields or the one that does not (see
-``NestedLearningOptimizer.stats_recording``).
+Both read the optimizer through its public interface only: ``model_variables``,
+``slots(i)`` (the state of variable ``i`` by name), ``intervals``,
+``depth_of`` and the parameters.  Nothing here runs in the training step: the
+optimizer's in-step recording is ``stats_record.py``, the trainer's choice of
+which steps record is ``stats_window.py``.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from collections import OrderedDict
 
-import keras
 import numpy as np
 
 from nested_research.memory import TIERS
+from nested_research.stats_record import STAT_FIELDS
 
 FIELDS = (
     "depth", "interval", "applied_updates", "steps_since_update", "accum_norm", "v_rms",
@@ -65,106 +65,6 @@ RAW_FIELDS = ("updates", "accum_sq", "v_sum", "tier_sq_0", "tier_sq_1", "tier_sq
 #: In-step fields, ``None`` until the optimizer has recorded statistics once.
 IN_STEP_FIELDS = ("cos_short", "cos_medium", "cos_long", "grad_norm", "update_norm",
                   "param_norm", "update_ratio", "stats_step")
-
-
-def in_stats_window(step, every: int, longest: int):
-    """Whether the 0-based ``step`` is one of the last ``longest`` steps of its ``every``-step
-    window (``step mod every >= every - longest``): a variable whose interval is at most
-    ``longest`` applies its last update of the window among them.  ``step``: an int (a bool
-    comes back) or a tensor (a boolean tensor)."""
-    if isinstance(step, (int, np.integer)):
-        return step % every >= every - longest
-    from keras import ops
-
-    return ops.greater_equal(ops.mod(step, every), every - longest)
-
-
-def traced_with_stats(opt, fn, record: bool):
-    """``fn`` (a train function) called inside ``opt.stats_recording(record)``: the steps it
-    traces (or runs eagerly) record statistics on every step, or on none."""
-    context = opt.stats_recording(record)
-
-    def train_function(*args, **kwargs):
-        with context:  # read only while tracing (or run eagerly)
-            return fn(*args, **kwargs)
-    return train_function
-
-
-class StatsWindow(keras.callbacks.Callback):
-    """Runs the optimizer's statistics-recording step only on the steps that need it.
-
-    With ``stats_every = N`` the in-step statistics are read after every N-th
-    step, and each variable's must come from its last applied update before
-    that.  This callback counts steps on the host and runs one of two traced
-    train functions per step (``optimizer.stats_recording``): the recording
-    one on the last ``longest_interval`` steps of each window
-    (``in_stats_window``), the plain one, which has no statistics work at all,
-    on the others.  The recording function is traced when first needed.
-
-    ``start_step``: steps already trained in a resumed run (``None``: the
-    optimizer's ``iterations``).  Does nothing when the optimizer records no
-    statistics.  After ``fit`` the model's train function is reset (the next
-    ``fit`` traces its own).
-    """
-
-    def __init__(self, optimizer, start_step: int | None = None):
-        super().__init__()
-        self.opt = getattr(optimizer, "inner_optimizer", optimizer)  # under a LossScaleOptimizer
-        self.start_step = start_step
-        self.active = bool(getattr(self.opt, "stats_every", 0)) and \
-            hasattr(self.opt, "stats_recording")
-        self.step = 0
-        self.recording_steps = 0
-        self._fns: dict[bool, object] = {}
-        self._last_batch = -1
-
-    def on_train_begin(self, logs=None):
-        if not self.active:
-            return
-        model = self.model
-        model.make_train_function()  # (what fit already made; Keras' returns nothing)
-        if model.train_function is not self._fns.get(False):  # else: ours, kept (a benchmark)
-            self._fns = {False: traced_with_stats(self.opt, model.train_function, False)}
-            model.train_function = self._fns[False]
-        self._per_call = int(getattr(model, "steps_per_execution", 1) or 1)
-        self.longest = self._longest_interval()
-        self.step = int(keras.ops.convert_to_numpy(self.opt.iterations)) \
-            if self.start_step is None else int(self.start_step)
-        self.recording_steps = 0
-
-    def _longest_interval(self) -> int:
-        """The optimizer's ``longest_interval``, also before it is built (the first step)."""
-        if self.opt.built:
-            return self.opt.longest_interval
-        with warnings.catch_warnings():  # (a warning about missing depths comes at build)
-            warnings.simplefilter("ignore")
-            return max(self.opt._resolve_intervals(self.model.trainable_variables), default=1)
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._last_batch = -1
-
-    def on_train_batch_begin(self, batch, logs=None):
-        if not self.active:
-            return
-        model, every, longest = self.model, self.opt.stats_every, self.longest
-        record = any(in_stats_window(i, every, longest)
-                     for i in range(self.step, self.step + self._per_call))
-        if record and True not in self._fns:
-            model.make_train_function(force=True)  # a second function, traced recording
-            self._fns[True] = traced_with_stats(self.opt, model.train_function, True)
-        fn = self._fns[record]
-        if model.train_function is not fn:
-            model.train_function = fn
-        self.recording_steps += self._per_call if record else 0
-
-    def on_train_batch_end(self, batch, logs=None):
-        # Keras passes the epoch's last step index (several per call with steps_per_execution)
-        self.step += max(int(batch) - self._last_batch, 1)
-        self._last_batch = int(batch)
-
-    def on_train_end(self, logs=None):
-        if self.active:
-            self.model.train_function = None
 
 
 def layer_of(path: str) -> str:
@@ -196,16 +96,18 @@ class Layout:
         if not opt.built:
             raise RuntimeError("memory_stats: the optimizer is not built yet (no step taken)")
         self.groups: "OrderedDict[str, list[int]]" = OrderedDict()
-        for i, var in enumerate(opt._trainable_variables):
+        variables = opt.model_variables
+        for i, var in enumerate(variables):
             self.groups.setdefault(layer_of(var.path), []).append(i)
+        intervals = opt.intervals
         self.sizes, self.depth, self.interval = {}, {}, {}
         for layer, idxs in self.groups.items():
-            vars_ = [opt._trainable_variables[i] for i in idxs]
+            vars_ = [variables[i] for i in idxs]
             self.sizes[layer] = np.array([max(int(np.prod(v.shape)), 1) for v in vars_],
                                          dtype=np.float64)
-            depths = [d for d in (opt._depth_of(v.path) for v in vars_) if d is not None]
+            depths = [d for d in (opt.depth_of(v.path) for v in vars_) if d is not None]
             self.depth[layer] = min(depths) if depths else None
-            self.interval[layer] = max(opt._intervals[i] for i in idxs)
+            self.interval[layer] = max(intervals[v.path] for v in vars_)
         self.warmup_steps = int(opt.warmup_steps)
 
     @property
@@ -214,15 +116,8 @@ class Layout:
 
 
 def _columns(opt) -> dict:
-    from nested_research.optimizer import STAT_FIELDS
-
     names = list(RAW_FIELDS) + ([f"stat_{f}" for f in STAT_FIELDS] if opt.stats_every else [])
     return {name: j for j, name in enumerate(names)}
-
-
-def _sq(x) -> float:
-    x = np.asarray(x, dtype=np.float64)
-    return float(np.sum(x * x))
 
 
 def _softmax(x):
@@ -230,24 +125,33 @@ def _softmax(x):
     return e / e.sum()
 
 
+def _tiers(slots: dict) -> list:
+    """The memory tiers of ``opt.slots(i)`` (memory off: the first moment)."""
+    return [slots[t] for t in TIERS] if "short" in slots else [slots["momentum"]]
+
+
+def _row(slots: dict, sq, total, softmax, zero, stats: bool) -> list:
+    """``RAW_FIELDS`` (+ the in-step record) of one variable, with the given reductions."""
+    acc, logits = slots["accumulator"], slots["blend_logits"]
+    tiers = [sq(t) for t in _tiers(slots)]
+    row = [slots["updates"], sq(acc) if acc is not None else zero, total(slots["velocity"])]
+    row += tiers + [zero] * (3 - len(tiers))
+    row += list(softmax(logits)) if logits is not None else [zero] * 3
+    if stats:
+        row += list(slots["stats"])
+    return row
+
+
 def variable_sums(opt) -> tuple[np.ndarray, int]:
     """``RAW_FIELDS`` (+ the in-step record) per variable, in float64 NumPy; and ``iterations``."""
-    col = _columns(opt)
-    raw = np.zeros((len(opt._trainable_variables), len(col)), np.float64)
-    for i in range(len(opt._trainable_variables)):
-        raw[i, col["updates"]] = float(np.asarray(opt._update_counts[i]))
-        if opt._accumulators[i] is not None:
-            raw[i, col["accum_sq"]] = _sq(opt._accumulators[i])
-        raw[i, col["v_sum"]] = float(np.sum(np.asarray(opt._velocities[i], np.float64)))
-        for t, tier_vars in enumerate(opt._memories):
-            raw[i, col[f"tier_sq_{t}"]] = _sq(tier_vars[i])
-        if opt.memory_blend_mode == "adaptive":
-            raw[i, col["blend_0"]:col["blend_2"] + 1] = _softmax(
-                np.asarray(opt._blend_logits[i], np.float64))
-        if opt.stats_every:
-            start = len(RAW_FIELDS)
-            raw[i, start:] = np.asarray(opt._stats[i], np.float64)
-    return raw, int(np.asarray(opt.iterations))
+    f64 = lambda x: np.asarray(x, np.float64)  # noqa: E731
+    sq = lambda x: float(np.sum(f64(x) ** 2))  # noqa: E731
+    total = lambda x: float(np.sum(f64(x)))  # noqa: E731
+    rows = [_row({k: (f64(v) if v is not None else None) for k, v in opt.slots(i).items()},
+                 sq, total, _softmax, 0.0, bool(opt.stats_every))
+            for i in range(len(opt.model_variables))]
+    return np.asarray(rows, np.float64).reshape(len(rows), len(_columns(opt))), \
+        int(np.asarray(opt.iterations))
 
 
 class StatsReader:
@@ -271,23 +175,17 @@ class StatsReader:
 
         opt = self.opt
         f32 = lambda x: tf.cast(x, tf.float32)  # noqa: E731
+        sq = lambda x: tf.reduce_sum(tf.square(f32(x)))  # noqa: E731
+        total = lambda x: tf.reduce_sum(f32(x))  # noqa: E731
+        softmax = lambda x: tf.unstack(tf.nn.softmax(f32(x)))  # noqa: E731
         zero = tf.zeros((), tf.float32)
         rows = []
-        for i in range(len(opt._trainable_variables)):
-            cols = [f32(opt._update_counts[i].value)]
-            acc = opt._accumulators[i]
-            cols.append(tf.reduce_sum(tf.square(f32(acc.value))) if acc is not None else zero)
-            cols.append(tf.reduce_sum(f32(opt._velocities[i].value)))
-            tiers = [tf.reduce_sum(tf.square(f32(t[i].value))) for t in opt._memories]
-            cols += tiers + [zero] * (3 - len(tiers))
-            if opt.memory_blend_mode == "adaptive":
-                probs = tf.nn.softmax(f32(opt._blend_logits[i].value))
-                cols += [probs[0], probs[1], probs[2]]
-            else:
-                cols += [zero] * 3
-            row = tf.stack(cols)
+        for i in range(len(opt.model_variables)):
+            slots = opt.slots(i)
+            row = _row(slots, sq, total, softmax, zero, False)
+            row = tf.stack([f32(x) for x in row])
             if opt.stats_every:
-                row = tf.concat([row, f32(opt._stats[i].value)], axis=0)
+                row = tf.concat([row, f32(slots["stats"])], axis=0)
             rows.append(row)
         return tf.stack(rows), tf.identity(opt.iterations.value)
 
@@ -319,7 +217,7 @@ def aggregate(opt, layout: Layout, raw: np.ndarray, iterations: int) -> "Ordered
         row["steps_since_update"] = None if last is None else iterations - 1 - last
         row["accum_norm"] = math.sqrt(max(s[:, col["accum_sq"]].sum(), 0.0))
         row["v_rms"] = math.sqrt(max(s[:, col["v_sum"]].sum(), 0.0) / float(sizes.sum()))
-        for t, tier in enumerate(TIERS[:len(opt._memories)]):
+        for t, tier in enumerate(TIERS[:3 if opt.memory_on else 1]):
             row[f"norm_{tier}"] = math.sqrt(max(s[:, col[f"tier_sq_{t}"]].sum(), 0.0))
         if opt.memory_blend_mode == "fixed":
             for tier, w in zip(TIERS, opt.fixed_weights):

@@ -133,7 +133,7 @@ def _adaptive_weights_after(grads_fn, steps=300):
         g = [grads_fn(t).astype("float32")]
         opt.apply(g, variables)
         params = ref.step(params, g)
-    logits = opt._blend_logits[0].numpy()
+    logits = np.asarray(opt.slots(0)["blend_logits"])
     w = np.exp(logits) / np.exp(logits).sum()
     np.testing.assert_allclose(logits, ref.logits[0], rtol=1e-4, atol=1e-5)
     return w
@@ -167,7 +167,7 @@ def test_adaptive_weights_bounded():
     g = np.ones(8, "float32")
     for _ in range(100):
         opt.apply([g], variables)
-    logits = opt._blend_logits[0].numpy()
+    logits = np.asarray(opt.slots(0)["blend_logits"])
     assert np.all(np.abs(logits) <= 4.0 + 1e-6)
     w = np.exp(logits) / np.exp(logits).sum()
     assert w.min() >= 1 / (1 + 2 * np.exp(8.0)) - 1e-9
@@ -210,41 +210,43 @@ def test_compression_inside_the_optimizer():
 
 
 # ---------------------------------------------------------------- step forms (speed)
-# The step has three forms (``NestedLearningOptimizer._apply``): stacked small tensors and
-# elementwise large tensors in graph/eager mode, and the XLA form.  Each must give the
-# reference's numbers.  (64, 40) is large enough for the blocked XLA reductions, (2051,)
-# is not a multiple of their block, () is a scalar.
+# The step runs eagerly, traced in graph mode, and compiled by XLA.  Each must give the
+# reference's numbers.  (64, 40) and (2051,) are larger tensors, () is a scalar.
 FORM_SHAPES = [(7,), (4, 5), (), (64, 40), (2051,)]
+FORMS = ["eager", "graph", "xla"]
 
 
-def form_step(opt, form, monkeypatch):
+def form_step(opt, form):
     """``(step(grads), variables, params)``: ``opt`` built on random ``FORM_SHAPES`` variables,
-    its step in ``form`` (``elementwise``: no stacked small-tensor form; ``xla``: compiled)."""
+    its step in ``form`` (``eager``, ``graph``: a ``tf.function``, ``xla``: compiled)."""
     import tensorflow as tf
-    import nested_research.optimizer as optimizer_module
 
-    if form == "elementwise":
-        monkeypatch.setattr(optimizer_module, "STACK_MAX_ELEMENTS", 0)
     variables = make_vars(FORM_SHAPES, zeros=False)
     params = [v.numpy().astype(float) for v in variables]
     opt.build(variables)
-    if form == "xla":
-        step = tf.function(lambda g: opt.apply(g, variables), jit_compile=True)
-    else:
-        step = lambda g: opt.apply(g, variables)  # noqa: E731
-    return step, variables, params
+    if form == "eager":
+        return (lambda g: opt.apply(g, variables)), variables, params
+    return tf.function(lambda g: opt.apply(g, variables), jit_compile=form == "xla"), \
+        variables, params
+
+
+def tier_values(opt):
+    """Per tier, the values of every variable's tier (``opt.slots``), as NumPy arrays."""
+    n = len(opt.model_variables)
+    names = ["momentum"] if opt.memory_blend_mode == "none" else ["short", "medium", "long"]
+    return [[np.asarray(opt.slots(i)[t]) for i in range(n)] for t in names]
 
 
 @pytest.mark.parametrize("mode", ["fixed", "attention", "adaptive", "none"])
-@pytest.mark.parametrize("form", ["stacked", "elementwise", "xla"])
-def test_every_step_form_matches_the_reference(mode, form, monkeypatch):
+@pytest.mark.parametrize("form", FORMS)
+def test_every_step_form_matches_the_reference(mode, form):
     import tensorflow as tf
 
     amsgrad = mode in ("attention", "none")
     opt = NestedLearningOptimizer(memory_blend_mode=mode, learning_rate=0.01, amsgrad=amsgrad)
     # lr as the float32 variable holds it, so that the comparison is float64-tight
     ref = NumpyNested(FORM_SHAPES, mode=mode, lr=float(np.float32(0.01)), amsgrad=amsgrad)
-    step, variables, params = form_step(opt, form, monkeypatch)
+    step, variables, params = form_step(opt, form)
     # (the adaptive logits start from a float32 constant)
     rtol, atol = (1e-7, 1e-10) if mode == "adaptive" else (1e-9, 1e-12)
     for grads in grad_stream(FORM_SHAPES, 12, seed=5):
@@ -253,9 +255,9 @@ def test_every_step_form_matches_the_reference(mode, form, monkeypatch):
         for v, p in zip(variables, params):
             np.testing.assert_allclose(v.numpy(), p, rtol=rtol, atol=atol)
     if mode != "none":
-        for tier_vars, ref_tier in zip(opt._memories, ref.mems):
-            for m, r in zip(tier_vars, ref_tier):
-                np.testing.assert_allclose(m.numpy(), r, rtol=rtol, atol=atol)
+        for tier_vals, ref_tier in zip(tier_values(opt), ref.mems):
+            for m, r in zip(tier_vals, ref_tier):
+                np.testing.assert_allclose(m, r, rtol=rtol, atol=atol)
 
 
 @pytest.mark.parametrize("accumulate", [False, True])

@@ -11,12 +11,13 @@ import pytest
 import tensorflow as tf
 
 from nested_research import NestedLearningOptimizer
-from nested_research.optimizer import STACK_MAX_ELEMENTS
+from nested_research import sparse as sparse_module
+from nested_research.sparse import SPARSE_MIN_ELEMENTS
 
 from reference import NumpyNested
 
-TABLE = (300, 40)          # 12000 elements: above STACK_MAX_ELEMENTS, takes the sparse path
-assert np.prod(TABLE) > STACK_MAX_ELEMENTS
+TABLE = (300, 40)          # 12000 elements: above SPARSE_MIN_ELEMENTS, takes the sparse path
+assert np.prod(TABLE) > SPARSE_MIN_ELEMENTS
 
 
 def slices_stream(shape, steps, seed=0, rows=24):
@@ -181,16 +182,15 @@ def test_small_tables_and_xla_densify_and_agree():
 def test_embedding_model_trains_on_the_sparse_path(monkeypatch):
     """``model.fit`` of an Embedding model: the table's gradient arrives as IndexedSlices, takes
     the sparse path, and training equals the same run with sparse gradients densified."""
-    import nested_research.optimizer as optmod
     rng = np.random.default_rng(0)
     x = rng.integers(0, 1000, size=(64, 6))
     y = rng.integers(0, 3, size=(64,))
 
     def train(force_dense):
         if force_dense:
-            monkeypatch.setattr(optmod, "STACK_MAX_ELEMENTS", 10**9)
+            monkeypatch.setattr(sparse_module, "SPARSE_MIN_ELEMENTS", 10**9)
         else:
-            monkeypatch.setattr(optmod, "STACK_MAX_ELEMENTS", STACK_MAX_ELEMENTS)
+            monkeypatch.setattr(sparse_module, "SPARSE_MIN_ELEMENTS", SPARSE_MIN_ELEMENTS)
         keras.utils.set_random_seed(0)
         model = keras.Sequential([keras.Input((6,), dtype="int32"),
                                   keras.layers.Embedding(1000, 16, name="emb"),
@@ -199,13 +199,13 @@ def test_embedding_model_trains_on_the_sparse_path(monkeypatch):
         opt = NestedLearningOptimizer(learning_rate=0.01, memory_blend_mode="attention",
                                       stats_every=2, auto_schedule=False)
         seen = []
-        original = opt._prepare_gradient
+        original = sparse_module.prepare_gradient
 
-        def spy(gradient, variable):
-            out = original(gradient, variable)
+        def spy(gradient, variable, dense_only=False):
+            out = original(gradient, variable, dense_only)
             seen.append(type(out).__name__)
             return out
-        monkeypatch.setattr(opt, "_prepare_gradient", spy)
+        monkeypatch.setattr(sparse_module, "prepare_gradient", spy)
         model.compile(optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(
             from_logits=True))
         model.fit(x, y, batch_size=16, epochs=2, verbose=0, shuffle=False)

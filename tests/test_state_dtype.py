@@ -18,7 +18,7 @@ from nested_research import NestedLearningOptimizer
 from nested_research.optimizer import STATE_DTYPES
 
 from reference import NumpyNested
-from test_optimizer import FORM_SHAPES, form_step, grad_stream, make_vars
+from test_optimizer import FORM_SHAPES, FORMS, form_step, grad_stream, make_vars
 
 LR = float(np.float32(0.01))  # the float32 learning-rate variable, exactly
 
@@ -55,7 +55,8 @@ def test_default_is_full_precision_and_float64_stays_float64():
     assert opt.state_dtype == "float32" and opt.get_config()["state_dtype"] == "float32"
     variables = make_vars([(3,)])  # float64 variables keep float64 tiers
     opt.build(variables)
-    assert all(t[0].dtype == "float64" for t in opt._memories)
+    stacks = [v for v in opt.variables if v.path.endswith("_memory")]
+    assert stacks and all(v.dtype == "float64" for v in stacks)
 
 
 @pytest.mark.parametrize("mode", ["attention", "fixed", "adaptive", "none"])
@@ -69,11 +70,15 @@ def test_bfloat16_state_variables(mode):
     full.build(variables)
     assert [v.path for v in opt.variables] == [v.path for v in full.variables]
     assert [tuple(v.shape) for v in opt.variables] == [tuple(v.shape) for v in full.variables]
-    tiers = {id(v) for t in opt._memories for v in t} | {id(v) for v in opt._accumulators}
-    assert len(tiers) == (2 if mode == "none" else 4) * len(variables)
+    # the tier stack (memory off: the first moment) and the accumulator of each variable
+    tiers = {id(v) for v in opt.variables
+             if v.path.endswith(("_memory", "_momentum", "_accumulator"))}
+    assert len(tiers) == 2 * len(variables)
     for v in opt.variables:
         assert (v.dtype == "bfloat16") == (id(v) in tiers), v.path
-    assert all(v.dtype == "float32" for v in opt._velocities)
+    velocities = [v for v in opt.variables if v.path.endswith("_velocity")]
+    assert len(velocities) == len(variables)
+    assert all(v.dtype == "float32" for v in velocities)
 
 
 def test_config_round_trip_and_keras_file(tmp_path):
@@ -97,8 +102,10 @@ def test_config_round_trip_and_keras_file(tmp_path):
     # (a reloaded Sequential's paths lose the model name; dtypes and shapes are kept)
     assert [(tuple(v.shape), v.dtype) for v in lopt.variables] == \
         [(tuple(v.shape), v.dtype) for v in opt.variables]
-    # 3 tiers of 4 variables + the accumulators of d0 (interval 2)
-    assert sum(v.dtype == "bfloat16" for v in lopt.variables) == 14
+    # the tier stacks of 4 variables + the accumulators of d0 (interval 2)
+    assert sum(v.dtype == "bfloat16" for v in lopt.variables) == 6
+    assert sum(int(np.prod(v.shape)) for v in lopt.variables if v.dtype == "bfloat16") == \
+        3 * (4 * 5 + 5 + 5 * 2 + 2) + (4 * 5 + 5)
     for a, b in zip(opt.variables, lopt.variables):
         np.testing.assert_array_equal(np.asarray(a, np.float64), np.asarray(b, np.float64))
     model.fit(x[24:], y[24:], batch_size=8, epochs=1, shuffle=False, verbose=0)
@@ -135,23 +142,25 @@ def test_state_bytes_per_parameter(mode, interval, f32_bytes, bf16_bytes):
 
 # ---------------------------------------------------------------- numbers
 @pytest.mark.parametrize("mode", ["attention", "fixed", "adaptive", "none"])
-@pytest.mark.parametrize("form", ["stacked", "elementwise", "xla"])
-def test_bfloat16_state_matches_the_rounded_reference(mode, form, monkeypatch):
+@pytest.mark.parametrize("form", FORMS)
+def test_bfloat16_state_matches_the_rounded_reference(mode, form):
     """float64 parameters with bfloat16 tiers == the float64 reference that rounds its tiers."""
     import tensorflow as tf
 
     opt = NestedLearningOptimizer(memory_blend_mode=mode, learning_rate=0.01,
                                   state_dtype="bfloat16")
     ref = Bf16Reference(FORM_SHAPES, mode=mode, lr=LR)
-    step, variables, params = form_step(opt, form, monkeypatch)
+    step, variables, params = form_step(opt, form)
     for grads in grad_stream(FORM_SHAPES, 10, seed=7):
         step([tf.constant(g, tf.float64) for g in grads])
         params = ref.step(params, grads)
     for v, p in zip(variables, params):
         np.testing.assert_allclose(v.numpy(), p, rtol=1e-6, atol=1e-9)
     tiers = [ref.m] if mode == "none" else ref.mems
-    for tier_vars, ref_tier in zip(opt._memories, tiers):
-        for m, r in zip(tier_vars, ref_tier):
+    names = ["momentum"] if mode == "none" else ["short", "medium", "long"]
+    for name, ref_tier in zip(names, tiers):
+        for i, r in enumerate(ref_tier):
+            m = opt.slots(i)[name]
             assert m.dtype == "bfloat16"
             got = np.asarray(m, np.float64)
             # equal, or one bfloat16 step apart where float64 sums round differently
@@ -175,7 +184,7 @@ def test_bfloat16_accumulators_match_the_rounded_reference(warmup):
         params = ref.step(params, grads)
         for v, p in zip(variables, params):
             np.testing.assert_allclose(v.numpy(), p, rtol=1e-6, atol=1e-9)
-    for acc, r in zip(opt._accumulators, ref.acc):
+    for acc, r in zip([opt.slots(i)["accumulator"] for i in range(len(shapes))], ref.acc):
         if acc is not None:
             assert acc.dtype == "bfloat16"
             np.testing.assert_array_equal(np.asarray(acc, np.float64), r)

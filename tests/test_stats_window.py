@@ -16,8 +16,9 @@ import pytest
 import tensorflow as tf
 
 from nested_research import NestedLearningOptimizer
-from nested_research.optimizer import STAT_FIELDS
-from nested_research.stats import StatsWindow, in_stats_window
+from nested_research.stats_record import STAT_FIELDS
+from nested_research.stats_record import in_stats_window
+from nested_research.stats_window import StatsWindow
 
 STEP = STAT_FIELDS.index("step")
 
@@ -86,9 +87,9 @@ def test_which_steps_write_the_statistics(record):
     rng = np.random.default_rng(0)
     written = {i: [] for i in range(len(variables))}
     for t in range(steps):
-        before = [np.asarray(s).copy() for s in opt._stats]
+        before = [np.asarray(s).copy() for s in opt.stats.variables]
         fn([rng.normal(size=v.shape).astype("float32") for v in variables])
-        for i, s in enumerate(opt._stats):
+        for i, s in enumerate(opt.stats.variables):
             now = np.asarray(s)
             if not np.array_equal(now, before[i]):
                 written[i].append(t)
@@ -105,7 +106,7 @@ def test_which_steps_write_the_statistics(record):
             want = [t for t in applied if t % every >= every - 3]
         assert written[i] == want, (i, k)
     if record is False:
-        assert not any(np.any(np.asarray(s)) for s in opt._stats)
+        assert not any(np.any(np.asarray(s)) for s in opt.stats.variables)
 
 
 def test_stats_window_rule():
@@ -117,7 +118,7 @@ def test_stats_window_rule():
 
 def test_stats_recording_rejects_a_non_bool():
     opt = NestedLearningOptimizer(stats_every=2)
-    with pytest.raises(ValueError, match=r"record=1; allowed: True or False"):
+    with pytest.raises(ValueError, match=r"record=1 must be True or False"):
         opt.stats_recording(1)
 
 
@@ -134,7 +135,7 @@ class _Record(keras.callbacks.Callback):
             self.recording.append(self.model.train_function is self.window._fns.get(True))
         step = int(self.opt.iterations.numpy())
         if step % self.every == 0:
-            self.seen[step] = (self.opt.memory_stats(), [np.asarray(s) for s in self.opt._stats])
+            self.seen[step] = (self.opt.memory_stats(), [np.asarray(s) for s in self.opt.stats.variables])
 
 
 def _fit(every, windowed, steps=24, batch=8):

@@ -189,7 +189,7 @@ def test_zero_decay_steps_match_the_reference(decays):
         params = ref.step(params, grads)
     for v, p in zip(variables, params):
         np.testing.assert_allclose(v.numpy(), p, rtol=1e-5, atol=1e-7)
-    for tier, d in zip(opt._memories, decays):
+    for name, d in zip(("short", "medium", "long"), decays):
         if d == 0.0:
-            for m, g in zip(tier, grads):
-                np.testing.assert_allclose(m.numpy(), g, rtol=1e-6)
+            for i, g in enumerate(grads):
+                np.testing.assert_allclose(np.asarray(opt.slots(i)[name]), g, rtol=1e-6)

@@ -1,0 +1,81 @@
+"""One decision for a step with NaN/inf values: every replica skips it, or none does.
+
+Used by the family optimizers' ``skip_nonfinite`` (``family.py``: the
+optimizer's own ``apply``) and by the trainer's ``NonFiniteGuard``
+(``guard.py``: the loss and the gradients of ``model.fit``'s step)::
+
+    flags   = float vector of local "bad" indicators (e.g. [loss bad, gradients bad])
+    total   = flags summed over all replicas
+    skip, on_skip = decide(total)
+    skip ? on_skip() : apply(*args)
+
+Under a ``tf.distribute`` strategy the decision must be global, or replicas
+diverge and the gradient all-reduce inside ``apply`` hangs or spreads the NaN.
+Strategies that use ``merge_call`` (``MirroredStrategy``, multi-worker) take
+the decision and the conditional apply in cross-replica context
+(``merge_call``, then ``call_for_each_replica``), as Keras'
+``LossScaleOptimizer`` does: a ``cond`` in replica context may not contain the
+optimizer's own ``merge_call``.  There the local replicas' flags are summed
+without a collective op (an extra collective launched beside the gradient
+all-reduce got its instance keys out of order between devices when the
+process had trained under another ``MirroredStrategy`` before: "Shape
+mismatch in the collective instance"); only replicas on other workers add a
+``strategy.reduce``.  Strategies without ``merge_call`` all-reduce the flags
+in replica context.  Other backends (JAX) take a plain ``cond``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import keras
+from keras import ops
+
+
+def all_finite(tensors):
+    """A boolean scalar: every value of every tensor (``None`` skipped, ``IndexedSlices`` by
+    their values) is finite."""
+    oks = []
+    for t in tensors:
+        if t is None:
+            continue
+        values = t.values if hasattr(t, "values") and hasattr(t, "indices") else t
+        oks.append(ops.all(ops.isfinite(values)))
+    if not oks:
+        return ops.convert_to_tensor(True)
+    return ops.all(ops.stack(oks))
+
+
+def apply_unless_flagged(flags, apply: Callable, args: tuple, decide: Callable):
+    """``apply(*args)`` unless ``decide(total)`` says skip (module docstring); returns ``skip``.
+
+    ``decide(total) -> (skip, on_skip)`` runs once per step where the total of ``flags`` over
+    all replicas is known (it may update counters); ``on_skip()`` runs instead of ``apply``.
+    """
+    if keras.backend.backend() != "tensorflow":
+        skip, on_skip = decide(flags)
+        ops.cond(skip, on_skip, lambda: apply(*args))
+        return skip
+    import tensorflow as tf
+
+    distributed = tf.distribute.has_strategy()
+    merge = distributed and not tf.__internal__.distribute.strategy_supports_no_merge_call()
+    if not merge:
+        if distributed and tf.distribute.get_strategy().num_replicas_in_sync > 1:
+            flags = tf.distribute.get_replica_context().all_reduce("SUM", flags)
+        skip, on_skip = decide(flags)
+        ops.cond(skip, on_skip, lambda: apply(*args))
+        return skip
+
+    def cross_replica(strategy, flags_, *args_):
+        local = strategy.experimental_local_results(flags_)
+        if len(local) < strategy.num_replicas_in_sync:  # replicas on other workers
+            total = strategy.reduce("SUM", flags_, axis=None)
+        else:  # all replicas are local: no collective (see the module docstring)
+            total = tf.add_n(list(local))
+        skip_, on_skip_ = decide(total)
+        ops.cond(skip_, on_skip_,
+                 lambda: strategy.extended.call_for_each_replica(apply, args=args_))
+        return skip_
+
+    return tf.distribute.get_replica_context().merge_call(cross_replica, args=(flags, *args))
