@@ -68,14 +68,16 @@ Decisions
   ``train/skipped_steps`` on its logging steps (and ``train_epoch/...`` per
   epoch), the history and ``results.json`` ``metrics`` as
   ``train/skipped_steps``; ``TrainResult.skipped_steps`` and
-  ``results.json`` ``skipped_steps`` hold the exact count.
+  ``results.json`` ``skipped_steps`` hold the exact count.  Keras' progress bar
+  shows it only once a step was skipped (``QuietProgbar``, which ``trainer.fit``
+  passes to ``model.fit``).
 * **Stopping.**  The callback reads the streak counter after every batch (one
   scalar; Keras already converts the logs to Python numbers after every
   batch when a callback has ``on_train_batch_end``, as the trainer's do, so
   this adds no synchronisation) and raises ``NonFiniteLossError`` (a
   ``RuntimeError``) at the ``K``-th consecutive non-finite loss: ``fit``
   raises, so nothing after the last good periodic checkpoint is written as a
-  "final" state, ``train.run`` finishes the W&B run as failed (exit code 1,
+  "final" state, ``job.run`` finishes the W&B run as failed (exit code 1,
   the message in its summary) and ``python -m nested_research.train`` prints
   a one-line error and exits with status 1.  Non-finite *gradients* with a
   finite loss are skipped and counted but never stop the run (under float16
@@ -97,13 +99,15 @@ Keras 3.15); ``install`` checks that the model has them.
 
 from __future__ import annotations
 
-import numbers
 import warnings
 
 import keras
 from keras import ops
 
-__all__ = ["NonFiniteGuard", "NonFiniteLossError", "check_max_nonfinite_steps",
+from nested_research.checks import check_int
+from nested_research.steps import StepCounter
+
+__all__ = ["NonFiniteGuard", "NonFiniteLossError", "QuietProgbar", "check_max_nonfinite_steps",
            "DEFAULT_MAX_NONFINITE_STEPS"]
 
 #: Consecutive non-finite losses that stop a run, unless told otherwise.
@@ -114,12 +118,10 @@ class NonFiniteLossError(RuntimeError):
     """The loss was NaN or infinite for ``max_nonfinite_steps`` consecutive steps."""
 
 
-def check_max_nonfinite_steps(value) -> int:
-    """``value`` as an int >= 1, else ``ValueError`` naming the parameter and the value."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"max_nonfinite_steps={value!r} must be an integer >= 1 "
-                         "(consecutive non-finite losses that stop the run)")
-    return int(value)
+def check_max_nonfinite_steps(value, param: str = "max_nonfinite_steps") -> int:
+    """``value`` (consecutive non-finite losses that stop the run) as an int >= 1, else
+    ``ValueError`` naming ``param`` and the value (``checks.check_int``)."""
+    return check_int(param, value, low=1)
 
 
 def _all_finite(tensor):
@@ -154,7 +156,7 @@ class NonFiniteGuard(keras.callbacks.Callback):
         self._installed_on = None
         self._step_fn = None
         self._batches = 0
-        self._last_batch = -1
+        self._counter = StepCounter()
         self._epoch = 0
 
     # ------------------------------------------------------------ state
@@ -301,12 +303,11 @@ class NonFiniteGuard(keras.callbacks.Callback):
         self._batches = 0
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._last_batch = -1
+        self._counter.on_epoch_begin()
         self._epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
-        self._batches += max(int(batch) - self._last_batch, 1)
-        self._last_batch = int(batch)
+        self._batches += self._counter.advance(batch)
         streak = int(self._streak.numpy())
         if streak >= self.max_nonfinite_steps:
             last = self._batches
@@ -319,3 +320,24 @@ class NonFiniteGuard(keras.callbacks.Callback):
                 f"steps reached the weights or the optimizer ({updates} updates applied, "
                 f"{self.skipped_steps} steps skipped). Lower the learning rate, check the "
                 f"data for NaN/inf, or raise trainer.max_nonfinite_steps.")
+
+
+class QuietProgbar(keras.callbacks.ProgbarLogger):
+    """Keras' progress bar, without ``skipped_steps`` while no step was skipped.
+
+    The guarded step returns ``skipped_steps`` in its logs (for the tracker and
+    the history); the bar shows it only once it is non-zero.  Passed in ``fit``'s
+    callbacks, it replaces the bar Keras would add (``trainer.fit`` does this).
+    """
+
+    @staticmethod
+    def _shown(logs):
+        if logs and not logs.get("skipped_steps", 1):
+            return {k: v for k, v in logs.items() if k != "skipped_steps"}
+        return logs
+
+    def on_train_batch_end(self, batch, logs=None):
+        super().on_train_batch_end(batch, self._shown(logs))
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, self._shown(logs))

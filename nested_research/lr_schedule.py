@@ -40,7 +40,7 @@ def validate_fractions(warmup: float, hold: float, decay: float, min_fraction: f
     if abs(total - 1.0) > _SUM_TOL:
         raise ValueError(
             f"lr_warmup_fraction + lr_hold_fraction + lr_decay_fraction = {total:g} "
-            f"({warmup:g} + {hold:g} + {decay:g}) must be 1")
+            f"({warmup:g} + {hold:g} + {decay:g}); the three fractions must sum to 1")
 
 
 @dataclasses.dataclass(frozen=True)

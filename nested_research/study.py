@@ -1,7 +1,7 @@
 """Optimizer studies: run grids of training jobs with resume, aggregate, tabulate, plot.
 
 Used by ``scripts/compare_optimizers.py`` and ``scripts/ablation.py``.  Every
-job is one ``nested_research.train.run`` call (in-process, ``logger=none``)
+job is one ``nested_research.job.run`` call (in-process, ``logger=none``)
 with Hydra overrides; its ``results.json`` lands in ``<study>/runs/<job id>/``
 and a job whose results exist is never run again, so a killed study resumes
 where it stopped.  A job that raises is recorded as failed (``failed.txt``)
@@ -88,7 +88,7 @@ def run_job(job: Job, study_dir: str, base_overrides=()) -> Outcome:
     """Run ``job`` unless its results exist; never raises."""
     import keras
 
-    from nested_research.train import run
+    from nested_research.job import run
 
     out = os.path.join(study_dir, "runs", job.job_id)
     path = os.path.join(out, "results.json")

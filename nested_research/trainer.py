@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 
 import keras
 
-from nested_research.guard import DEFAULT_MAX_NONFINITE_STEPS, NonFiniteGuard
-from nested_research.stats import StatsWindow
+from nested_research.guard import DEFAULT_MAX_NONFINITE_STEPS, NonFiniteGuard, QuietProgbar
+from nested_research.resume import EpochCut, advance_shuffle, epoch_stream
+from nested_research.stats_window import StatsWindow
+from nested_research.steps import StepCounter
 
 _KERAS_TO_OURS = {"loss": "loss", "accuracy": "accuracy"}
 
@@ -51,9 +53,13 @@ class _StepLimit(keras.callbacks.Callback):
         super().__init__()
         self.max_steps = max_steps
         self.steps = 0
+        self._counter = StepCounter()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._counter.on_epoch_begin()
 
     def on_train_batch_end(self, batch, logs=None):
-        self.steps += 1
+        self.steps += self._counter.advance(batch)
         if self.steps >= self.max_steps:
             self.model.stop_training = True
 
@@ -86,15 +92,15 @@ def fit(model: keras.Model, optimizer, data, *, epochs: int, max_steps: int | No
 
     ``progress_path``: a JSON-lines file that gets one row of metrics per epoch.
     With an optimizer that records statistics (``stats_every``), only the steps of each
-    window run the recording step (``stats.StatsWindow``).
+    window run the recording step (``stats_window.StatsWindow``).
     Steps with a non-finite loss or gradient are skipped (``guard.py``); ``max_nonfinite_steps``
     consecutive non-finite losses raise ``guard.NonFiniteLossError``.
-    ``checkpointer``: a ``checkpoint.Checkpointer`` (periodic checkpoints, and one at the end
-    when ``model.fit`` returns); ``resume``: a ``checkpoint.Resume`` to continue from.  The
-    training data is ``checkpoint.epoch_stream`` of ``data.train`` (one shuffle order per epoch).
+    ``checkpointer``: a ``checkpointer.Checkpointer`` (periodic checkpoints, and one at the end
+    when ``model.fit`` returns); ``resume``: a ``resume.Resume`` to continue from.  The
+    training data is ``resume.epoch_stream`` of ``data.train`` (one shuffle order per epoch).
+    ``verbose``: Keras' progress bar (``guard.QuietProgbar``: ``skipped_steps`` shows once a
+    step was skipped).
     """
-    from nested_research.checkpoint import EpochCut, advance_shuffle, epoch_stream
-
     guard = NonFiniteGuard(max_nonfinite_steps).install(model)
     model.compile(
         optimizer=optimizer,
@@ -107,7 +113,7 @@ def fit(model: keras.Model, optimizer, data, *, epochs: int, max_steps: int | No
     if resume is not None:
         resume.restore(model, data, extra_variables=guard.variables)
     callbacks = list(callbacks or [])
-    # the statistics-recording step only where a read needs it (stats.StatsWindow)
+    # the statistics-recording step only where a read needs it (stats_window.StatsWindow)
     callbacks.insert(0, StatsWindow(optimizer, start_step=done if resume is not None else None))
     if progress_path:
         callbacks.append(ProgressLog(progress_path))
@@ -119,6 +125,8 @@ def fit(model: keras.Model, optimizer, data, *, epochs: int, max_steps: int | No
     if checkpointer is not None:  # after the guard: a step that stops the run is not saved
         checkpointer.extra_variables = guard.variables
         callbacks.append(checkpointer)
+    if verbose:  # last, where Keras puts its own bar
+        callbacks.append(QuietProgbar())
     if skip:  # first: ends the interrupted epoch where an uninterrupted run would have
         callbacks.insert(0, EpochCut(first_epoch, data.steps_per_epoch - skip, done, max_steps))
     start = time.perf_counter()

@@ -33,7 +33,7 @@ over the repeats, it measures:
     step in graph mode.
 ``accuracy`` (``--accuracy``; about 10 minutes)
     final test accuracy of digits (MLP) and mnist1d (CNN) with float32 and
-    bfloat16 optimizer state, 3 seeds each, through ``nested_research.train.run``.
+    bfloat16 optimizer state, 3 seeds each, through ``nested_research.job.run``.
 
 It prints the tables (ratios to Adam measured in the same run) and writes
 everything, raw times included, as JSON (``--out``).
@@ -502,7 +502,7 @@ def profile(names, log=print):
 def accuracy_comparison(seeds, quick, log=print):
     """Final test accuracy with float32 and bfloat16 optimizer state (digits MLP, mnist1d CNN)."""
     from hydra import compose, initialize_config_dir
-    from nested_research.train import run
+    from nested_research.job import run
 
     conf = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
     workloads = {"digits_mlp": ["experiment=digits_mlp"],

@@ -9,7 +9,7 @@ no input pipeline work is timed) it measures:
                     twice per round; the median of the two traces' mean
     A/A             the second trace minus the first: the noise floor
     in-step         the steps as the trainer runs them with ``stats_every=N``
-                    (``stats.StatsWindow``: the recording function on the last
+                    (``stats_window.StatsWindow``: the recording function on the last
                     ``longest_interval`` steps of each window, the plain one elsewhere, and the
                     callback's own work), minus ``step``: what recording the statistics costs
                     per step, on average over whole windows
@@ -60,8 +60,9 @@ import psutil  # noqa: E402
 from nested_research import NestedLearningOptimizer  # noqa: E402
 from nested_research.data import load_splits  # noqa: E402
 from nested_research.models import build_cnn, build_mlp  # noqa: E402
-from nested_research.stats import StatsWindow, traced_with_stats  # noqa: E402
-from nested_research.tracking import WandbTracker, layer_log  # noqa: E402
+from nested_research.stats_window import StatsWindow, traced_with_stats  # noqa: E402
+from nested_research.tracking import WandbTracker  # noqa: E402
+from nested_research.tracking_callback import layer_log  # noqa: E402
 
 WORKLOADS = {
     "digits_mlp": ("sklearn_digits", 32, build_mlp),

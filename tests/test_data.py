@@ -424,7 +424,8 @@ def test_bad_arguments_raise_value_error(tmp_path, param, value):
     kwargs[param] = value
     with pytest.raises(ValueError, match=param) as excinfo:
         load_splits(**kwargs)
-    assert repr(value) in str(excinfo.value)
+    # One wording everywhere: "<param>=<value!r> must be <what is allowed>".
+    assert f"{param}={value!r} must be " in str(excinfo.value), str(excinfo.value)
     assert not os.listdir(tmp_path), "validation must happen before any preparation"
 
 

@@ -329,7 +329,5 @@ def test_bad_args_raise_value_error_naming_param(kind, param, value):
     with pytest.raises(ValueError) as excinfo:
         MODEL_BUILDERS[kind](**kwargs)
     msg = str(excinfo.value)
-    assert f"`{param}`" in msg, msg
-    assert "must" in msg, msg  # says what is allowed
-    if not isinstance(value, (list, tuple)):
-        assert repr(value) in msg or str(value) in msg, msg
+    # One wording everywhere: "<param>=<value!r> must be <what is allowed>".
+    assert f"{param}={value!r} must be " in msg, msg

@@ -280,6 +280,25 @@ def test_entry_point_counts_and_logs_skipped_steps(tmp_path, data_dir, monkeypat
     assert all(np.isfinite(r["train/loss"]) for r in rows)
 
 
+@pytest.mark.parametrize("nan_steps", [[], [3]])
+def test_progress_bar_shows_skipped_steps_only_once_a_step_was_skipped(nan_steps, tmp_path,
+                                                                       data_dir, capsys):
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=[
+            "model._target_=faults.build_nan_mlp", f"+model.nan_steps={nan_steps}",
+            "optimizer=adam", "trainer.max_steps=8", "trainer.verbose=1", "logger=none"])
+    run(cfg, str(tmp_path / "run"))
+    bars = [line for line in capsys.readouterr().out.splitlines() if "━" in line]
+    assert bars and "loss:" in bars[-1]
+    assert "skipped_steps" not in bars[0]  # the first batch: nothing skipped yet
+    if nan_steps:
+        assert "skipped_steps: 1.0000" in bars[-1]
+    else:
+        assert not any("skipped_steps" in line for line in bars)
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["metrics"]["train/skipped_steps"] == len(nan_steps)  # still in the history
+
+
 def test_cli_stops_after_k_nonfinite_losses_and_marks_the_run_failed(tmp_path, data_dir):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", WANDB_MODE="offline",
                NESTED_RESEARCH_OUTPUT_DIR=str(tmp_path / "out"),

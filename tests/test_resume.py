@@ -28,8 +28,10 @@ from hydra import compose, initialize_config_dir
 
 from nested_research import NestedLearningOptimizer
 from nested_research import checkpoint as ckpt_mod
-from nested_research.checkpoint import Checkpointer, Resume, latest, list_checkpoints
+from nested_research.checkpoint import latest, list_checkpoints
+from nested_research.checkpointer import Checkpointer
 from nested_research.models import build_mlp
+from nested_research.resume import Resume
 from nested_research.train import ConfigError, run
 from nested_research.wandb_reader import read_run
 
@@ -415,7 +417,7 @@ def test_keep_prunes_old_checkpoints(tmp_path):
 
 
 def test_row_journal_drops_rows_the_run_has_and_keeps_the_newest():
-    from nested_research.checkpoint import RowJournal
+    from nested_research.wandb_rows import RowJournal
 
     logged = []
     journal = RowJournal(logged.append, max_step=5, max_epoch=1, keep=3)

@@ -20,8 +20,9 @@ from omegaconf import OmegaConf
 from nested_research import NestedLearningOptimizer
 from nested_research.intervals import applied_updates
 from nested_research.stats import FIELDS, last_update_step, layer_of
-from nested_research.tracking import (LearningRateLog, WandbTracker, default_run_name,
-                                      schedule_steps)
+from nested_research.optimizer_probes import LearningRateLog
+from nested_research.schedule_report import schedule_steps
+from nested_research.tracking import WandbTracker, default_run_name
 from nested_research.train import build_learning_rate, run
 from nested_research.wandb_reader import iter_records, read_run
 

@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -176,7 +177,9 @@ def test_validate_rejects_bad_values(override, needle, data_dir):
 
 
 def _cli(*args, env_extra=None, cwd=None):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", WANDB_MODE="offline", **(env_extra or {}))
+    """The CLI in a subprocess, with the package's own TF_CPP_MIN_LOG_LEVEL default."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env.update(WANDB_MODE="offline", **(env_extra or {}))
     return subprocess.run([sys.executable, "-m", "nested_research.train", *args],
                           capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
 
@@ -203,6 +206,12 @@ def test_cli_cfg_job_and_multirun(tmp_path, data_dir):
     multi = _cli("-m", "memory=attention,fixed", "logger=none", "trainer.max_steps=3",
                  "trainer.verbose=0", env_extra=env)
     assert multi.returncode == 0, multi.stderr[-2000:]
+    # A quiet console by default: no TensorFlow C++ INFO line ("I0000 00:00:17... port.cc:153]
+    # oneDNN custom operations are on", "I tensorflow/...") nor absl's pre-init notice.
+    info = [line for line in multi.stderr.splitlines()
+            if re.match(r"I\d{4} \d\d:\d\d:\d+\.\d+ ", line) or "I tensorflow/" in line
+            or "absl::InitializeLog" in line]
+    assert not info, info
     results = sorted(tmp_path.glob("multirun/*/*/results.json"))
     assert len(results) == 2
     modes = {json.loads(p.read_text())["config"]["memory"]["memory_blend_mode"] for p in results}

@@ -7,6 +7,12 @@ and ``associative_recall`` (:mod:`.assoc_recall`), so that
 those, or any prepared standard TFDS image dataset, into batched
 train / val / test ``tf.data`` pipelines (:class:`DataBundle`).
 
+Modules: :mod:`.loading` builds the splits (:func:`load_splits`,
+:class:`DataBundle`); :mod:`.data_dir` checks, reading only, what a
+``data_dir`` holds and defines its errors (:func:`check_data_dir`,
+:class:`DataDirError` and subclasses); :mod:`.tfrecord` reads TFRecord shards
+just far enough to check them.
+
 TensorFlow itself, scikit-learn and the ``mnist1d`` package are imported
 lazily, when data is generated or loaded.
 """
@@ -17,15 +23,14 @@ from nested_research.data.assoc_recall import (
     make_config as make_recall_config,
 )
 from nested_research.data.digits import SklearnDigits
-from nested_research.data.loading import (
+from nested_research.data.data_dir import (
     EMBEDDED_DATASETS,
-    DataBundle,
     DataDirError,
     DatasetCorruptError,
     DatasetNotFoundError,
     check_data_dir,
-    load_splits,
 )
+from nested_research.data.loading import DataBundle, load_splits
 from nested_research.data.mnist1d import Mnist1d
 
 __all__ = [

@@ -14,11 +14,11 @@ framework.  It knows two kinds of datasets:
   DATA_DIR`` on a machine with internet access, then copy the folder),
   otherwise :class:`DatasetNotFoundError` is raised.
 
-A prepared folder is checked before use, reading only (metadata files, the
-shard files ``dataset_info.json`` lists and their sizes, the first record of
-every shard): a damaged one raises :class:`DatasetCorruptError` naming the
-folder to delete; it is never repaired, deleted or regenerated here, also for
-the embedded datasets.  :func:`check_data_dir` runs these checks alone.
+A prepared folder is checked before use, reading only, by
+:mod:`nested_research.data.data_dir` (which holds those checks, the errors
+they raise and :func:`~nested_research.data.data_dir.check_data_dir`): a
+damaged one raises :class:`DatasetCorruptError` naming the folder to delete; it
+is never repaired, deleted or regenerated, also for the embedded datasets.
 
 Splits
     The validation set is carved deterministically from the end of the TFDS
@@ -48,33 +48,25 @@ Preprocessing
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
-import struct
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
 
-import numpy as np
 import tensorflow_datasets as tfds
 
-from nested_research.data.assoc_recall import AssociativeRecallConfig, make_config
+from nested_research.checks import check_int, check_real
+from nested_research.data.assoc_recall import AssociativeRecallConfig
+from nested_research.data.data_dir import (
+    DatasetNotFoundError,
+    check_source_args,
+    make_builder,
+    not_prepared_detail,
+)
 
 if TYPE_CHECKING:  # pragma: no cover - typing only; TF itself is imported lazily
     import tensorflow as tf
 
-__all__ = [
-    "DataBundle",
-    "DataDirError",
-    "DatasetCorruptError",
-    "DatasetNotFoundError",
-    "EMBEDDED_DATASETS",
-    "check_data_dir",
-    "load_splits",
-]
-
-#: Datasets generated locally by the builders of this package.
-EMBEDDED_DATASETS: Tuple[str, ...] = ("sklearn_digits", "mnist1d", "associative_recall")
+__all__ = ["DataBundle", "load_splits"]
 
 # How each embedded dataset is turned into (inputs, targets).
 _EMBEDDED_KIND = {
@@ -82,59 +74,6 @@ _EMBEDDED_KIND = {
     "mnist1d": "vector",
     "associative_recall": "sequence",
 }
-
-
-class DataDirError(OSError):
-    """``data_dir`` cannot be used as it is (base of the two errors below).
-
-    Attributes ``name`` (the dataset) and ``data_dir``.  Nothing on disk is
-    changed when one of these is raised.
-    """
-
-    def __init__(self, name: str, data_dir: str, message: str) -> None:
-        self.name = name
-        self.data_dir = data_dir
-        super().__init__(message)
-
-
-class DatasetNotFoundError(DataDirError, FileNotFoundError):
-    """A standard TFDS dataset is not prepared in the given ``data_dir``.
-
-    Raised instead of attempting a download.  Attributes ``name`` and
-    ``data_dir`` identify what was looked for.
-    """
-
-    def __init__(self, name: str, data_dir: str, detail: str = "") -> None:
-        message = (
-            f"TFDS dataset {name!r} is not prepared in data_dir {data_dir!r}"
-            f"{f' ({detail})' if detail else ''} and downloads are disabled. "
-            f"Prepare it on a machine with internet access with "
-            f"`tfds build {name} --data_dir {data_dir}` and copy the '{name}/' "
-            f"folder into that data_dir."
-        )
-        super().__init__(name, data_dir, message)
-
-
-class DatasetCorruptError(DataDirError):
-    """A prepared dataset folder in ``data_dir`` is damaged or incomplete.
-
-    Detected before training (metadata files, shard files and their sizes,
-    the first record of every shard).  The folder is never repaired, deleted
-    or regenerated automatically; attribute ``folder`` names it.
-    """
-
-    def __init__(self, name: str, data_dir: str, folder: str, problem: str) -> None:
-        self.folder = folder
-        if name in EMBEDDED_DATASETS:
-            again = "it is generated again on the next run"
-        else:
-            again = f"`tfds build {name} --data_dir {data_dir}` where there is internet access"
-        message = (
-            f"TFDS dataset {name!r} in data_dir {data_dir!r} is corrupt or incomplete: "
-            f"{problem}. Nothing was changed; delete the folder {folder!r} and prepare "
-            f"it again ({again})."
-        )
-        super().__init__(name, data_dir, message)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,14 +111,6 @@ class DataBundle:
     metadata: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-def _check_int(param: str, value: Any, minimum: int, allowed: str) -> int:
-    if isinstance(value, np.integer):
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{param} must be {allowed}, got {value!r}")
-    return value
-
-
 def _validate_args(
     name: Any,
     data_dir: Any,
@@ -189,270 +120,12 @@ def _validate_args(
     builder_kwargs: Any,
     shuffle_buffer: Any,
 ) -> Tuple[int, int, float, int, Dict[str, Any]]:
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"name must be a non-empty dataset name, got {name!r}")
-    if not isinstance(data_dir, (str, os.PathLike)) or not os.fspath(data_dir):
-        raise ValueError(f"data_dir must be a non-empty path, got {data_dir!r}")
-    batch_size = _check_int("batch_size", batch_size, 1, "an integer >= 1")
-    seed = _check_int("seed", seed, 0, "a non-negative integer")
-    shuffle_buffer = _check_int("shuffle_buffer", shuffle_buffer, 1, "an integer >= 1")
-    try:
-        fraction = float(val_fraction)
-    except (TypeError, ValueError):
-        fraction = float("nan")
-    if isinstance(val_fraction, bool) or not 0.0 <= fraction < 1.0:
-        raise ValueError(
-            f"val_fraction must be a float in [0, 1) (0 disables validation), "
-            f"got {val_fraction!r}"
-        )
-    if builder_kwargs is None:
-        kwargs: Dict[str, Any] = {}
-    elif isinstance(builder_kwargs, Mapping):
-        kwargs = dict(builder_kwargs)
-    else:
-        raise ValueError(f"builder_kwargs must be a dict or None, got {builder_kwargs!r}")
-    if "data_dir" in kwargs:
-        raise ValueError("builder_kwargs must not contain 'data_dir'; pass data_dir= instead")
+    kwargs = check_source_args(name, data_dir, builder_kwargs)
+    batch_size = check_int("batch_size", batch_size, low=1)
+    seed = check_int("seed", seed, low=0)
+    shuffle_buffer = check_int("shuffle_buffer", shuffle_buffer, low=1)
+    fraction = check_real("val_fraction", val_fraction, 0.0, 1.0, high_open=True)
     return batch_size, seed, fraction, shuffle_buffer, kwargs
-
-
-def _nearest_existing(path: str) -> str:
-    """``path`` itself or its closest ancestor that exists."""
-    path = os.path.abspath(path)
-    while not os.path.lexists(path) and os.path.dirname(path) != path:
-        path = os.path.dirname(path)
-    return path
-
-
-def _check_dir_path(name: str, data_dir: str) -> None:
-    """``data_dir`` is a directory or can become one (no file in the way)."""
-    found = _nearest_existing(data_dir)
-    if not os.path.isdir(found):
-        where = "is" if found == os.path.abspath(data_dir) else f"lies under {found!r}, which is"
-        raise DataDirError(
-            name, data_dir,
-            f"data_dir {data_dir!r} {where} a file, not a directory; give the TFDS data "
-            f"directory (it holds one '<dataset>/' folder per dataset)",
-        )
-
-
-def _check_writable(name: str, data_dir: str, folder: str) -> None:
-    """An embedded dataset that is not prepared can be generated into ``folder``."""
-    found = _nearest_existing(folder)
-    if not os.access(found, os.W_OK | os.X_OK):
-        raise DataDirError(
-            name, data_dir,
-            f"dataset {name!r} is not prepared in data_dir {data_dir!r} and cannot be "
-            f"generated there: {found!r} is not writable. Give a writable data_dir, or "
-            f"prepare the dataset elsewhere and copy its '{name}/' folder into this one",
-        )
-
-
-_METADATA_FILES = ("dataset_info.json", "features.json")
-# Bytes around each TFRecord payload: length (8), CRC of the length (4), CRC of the data (4).
-_TFRECORD_FRAMING = 16
-_CRC_TABLE: list = []
-
-
-def _masked_crc32c(data: bytes) -> int:
-    """The masked CRC-32C that frames TFRecords (pure Python: only headers and first records)."""
-    if not _CRC_TABLE:
-        for i in range(256):
-            crc = i
-            for _ in range(8):
-                crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
-            _CRC_TABLE.append(crc)
-    crc = 0xFFFFFFFF
-    for byte in data:
-        crc = _CRC_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-    crc ^= 0xFFFFFFFF
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def _scan_tfrecord(path: str, size: int, every_record: bool) -> Tuple[Optional[str], int]:
-    """``(problem or None, records seen)``.
-
-    Checks the first record (header and data CRCs) and, with ``every_record``,
-    walks every record header to the end of the file (truncation, garbage,
-    the number of records).
-    """
-    count, offset = 0, 0
-    with open(path, "rb") as fh:
-        while offset < size:
-            header = fh.read(12)
-            if len(header) < 12:
-                return f"truncated record header at byte {offset}", count
-            length, length_crc = struct.unpack("<QI", header)
-            if _masked_crc32c(header[:8]) != length_crc:
-                return f"corrupted record header at byte {offset}", count
-            end = offset + 12 + length + 4
-            if end > size:
-                return (f"the record at byte {offset} is truncated (it needs {end} bytes, "
-                        f"the file has {size})"), count
-            if count == 0:
-                payload = fh.read(length)
-                (data_crc,) = struct.unpack("<I", fh.read(4))
-                if _masked_crc32c(payload) != data_crc:
-                    return f"corrupted record data at byte {offset}", count
-            else:
-                fh.seek(end)
-            count, offset = count + 1, end
-            if not every_record:
-                break
-    return None, count
-
-
-def _verify_prepared(builder: tfds.core.DatasetBuilder, name: str, data_dir: str) -> bool:
-    """Whether ``builder``'s folder exists; raises :class:`DatasetCorruptError` if it is damaged.
-
-    Reads only: the metadata files must exist and parse, every shard file that
-    ``dataset_info.json`` lists must exist, a split's TFRecord shards must have
-    the recorded size (else every record header is walked and counted), and the
-    first record of every shard must pass its CRC checks.
-    """
-    folder = os.fspath(builder.data_dir)
-    if not os.path.isdir(folder):
-        return False
-
-    def corrupt(problem: str) -> DatasetCorruptError:
-        return DatasetCorruptError(name, data_dir, folder, problem)
-
-    for fname in _METADATA_FILES:
-        path = os.path.join(folder, fname)
-        if not os.path.isfile(path):
-            raise corrupt(f"{fname} is missing")
-        try:
-            with open(path, encoding="utf-8") as fh:
-                json.load(fh)
-        except (OSError, ValueError) as err:
-            raise corrupt(f"{fname} is not valid JSON ({err})") from None
-    splits = dict(builder.info.splits.items())
-    if not splits:
-        raise corrupt("dataset_info.json lists no splits")
-    file_format = getattr(builder.info.file_format, "value", builder.info.file_format)
-    for split, info in sorted(splits.items()):
-        paths = [os.fspath(p) for p in info.filepaths]
-        missing = [os.path.basename(p) for p in paths if not os.path.isfile(p)]
-        if missing:
-            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-            raise corrupt(f"shard file {missing[0]!r} of split {split!r} is missing{more}")
-        if file_format not in (None, "tfrecord"):
-            continue
-        lengths = [int(n) for n in info.shard_lengths]
-        sizes = [os.path.getsize(p) for p in paths]
-        expected = int(info.num_bytes) + _TFRECORD_FRAMING * sum(lengths)
-        mismatch = int(info.num_bytes) > 0 and sum(sizes) != expected
-        note = (f" (the {split!r} shards hold {sum(sizes)} bytes, dataset_info.json "
-                f"implies {expected})" if mismatch else "")
-        for path, size, length in zip(paths, sizes, lengths):
-            shard = f"shard file {os.path.basename(path)!r} ({size} bytes)"
-            problem, count = _scan_tfrecord(path, size, every_record=mismatch)
-            if problem is not None:
-                raise corrupt(f"{shard}: {problem}{note}")
-            if count != (length if mismatch else min(length, 1)):
-                if count < length:
-                    what = f"is truncated: it holds {count} of the {length} records"
-                else:
-                    what = f"holds {count} records where there should be {length}"
-                raise corrupt(f"{shard} {what} that dataset_info.json lists{note}")
-    return True
-
-
-def _reading_metadata(err: BaseException) -> bool:
-    """Whether ``err`` (or what it wraps) was raised while TFDS read a dataset's metadata."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        tb = err.__traceback__
-        while tb is not None:
-            if tb.tb_frame.f_code.co_name in ("read_from_directory", "read_from_json",
-                                              "load_metadata"):
-                return True
-            tb = tb.tb_next
-        err = err.__cause__ or err.__context__
-    return False
-
-
-def _unreadable_metadata(name: str, data_dir: str, err: Exception) -> DatasetCorruptError:
-    """The error for a prepared folder whose metadata TFDS failed to read."""
-    root = os.path.join(data_dir, name)
-    for folder, dirs, files in os.walk(root):
-        dirs.sort()
-        for fname in _METADATA_FILES:
-            if fname in files:
-                try:
-                    with open(os.path.join(folder, fname), encoding="utf-8") as fh:
-                        json.load(fh)
-                except (OSError, ValueError) as bad:
-                    return DatasetCorruptError(name, data_dir, folder,
-                                               f"{fname} is not valid JSON ({bad})")
-    first = (str(err).strip().splitlines() or [type(err).__name__])[-1]
-    return DatasetCorruptError(name, data_dir, root,
-                               f"its dataset_info.json cannot be used ({first[:300]})")
-
-
-def _make_builder(
-    name: str, data_dir: str, kwargs: Dict[str, Any], prepare: bool = True
-) -> tfds.core.DatasetBuilder:
-    """Instantiate the builder and check its folder; prepare embedded datasets, never download.
-
-    A prepared folder that is damaged raises :class:`DatasetCorruptError`
-    (also for embedded datasets: they are not regenerated over it).  With
-    ``prepare=False`` nothing is written.
-    """
-    if name == "associative_recall" and isinstance(kwargs.get("config"), Mapping):
-        # Convenience for Hydra / YAML: a plain mapping of MQAR sizes.
-        kwargs["config"] = make_config(**dict(kwargs["config"]))
-    if name not in EMBEDDED_DATASETS and ":" in name:
-        raise ValueError(
-            f"name {name!r}: namespaced (community) datasets are not supported; "
-            f"use one of {EMBEDDED_DATASETS} or a standard TFDS image dataset name"
-        )
-    _check_dir_path(name, data_dir)
-    extra = {} if name in EMBEDDED_DATASETS else {"try_gcs": False}
-    try:
-        builder = tfds.builder(name, data_dir=data_dir, **extra, **kwargs)
-    except tfds.core.registered.DatasetNotFoundError:
-        raise ValueError(
-            f"unknown dataset name {name!r}: expected one of the embedded datasets "
-            f"{', '.join(EMBEDDED_DATASETS)} or a standard TFDS image-classification "
-            f"dataset (e.g. mnist, fashion_mnist, cifar10)"
-        ) from None
-    except Exception as err:
-        if _reading_metadata(err):
-            raise _unreadable_metadata(name, data_dir, err) from err
-        raise
-    prepared = _verify_prepared(builder, name, data_dir)
-    if name in EMBEDDED_DATASETS and not prepared:
-        _check_writable(name, data_dir, os.fspath(builder.data_dir))
-        if prepare:
-            # Local generation only.
-            builder.download_and_prepare(
-                download_config=tfds.download.DownloadConfig(try_download_gcs=False)
-            )
-    return builder
-
-
-def _not_prepared_detail(builder: tfds.core.DatasetBuilder, data_dir: str) -> str:
-    if not os.path.isdir(data_dir):
-        return "the data_dir does not exist"
-    return f"it has no folder {os.path.relpath(os.fspath(builder.data_dir), data_dir)!r}"
-
-
-def check_data_dir(name: str, data_dir: str, builder_kwargs: dict | None = None) -> None:
-    """Check, reading only, that :func:`load_splits` can use ``data_dir`` for ``name``.
-
-    Raises what :func:`load_splits` would raise about the directory before any
-    data is generated or read (``ValueError`` for a bad name or argument,
-    :class:`DatasetNotFoundError`, :class:`DatasetCorruptError`,
-    :class:`DataDirError`); writes nothing.  An embedded dataset that is not
-    prepared yet passes when it can be generated into ``data_dir``.
-    """
-    _, _, _, _, kwargs = _validate_args(name, data_dir, 1, 0, 0.0, builder_kwargs, 1)
-    data_dir = os.path.expanduser(os.fspath(data_dir))
-    builder = _make_builder(name, data_dir, kwargs, prepare=False)
-    if name not in EMBEDDED_DATASETS and not os.path.isdir(os.fspath(builder.data_dir)):
-        raise DatasetNotFoundError(name, data_dir, _not_prepared_detail(builder, data_dir))
 
 
 def _classification_kind(builder: tfds.core.DatasetBuilder, name: str) -> str:
@@ -461,16 +134,16 @@ def _classification_kind(builder: tfds.core.DatasetBuilder, name: str) -> str:
     keys = set(features.keys()) if hasattr(features, "keys") else set()
     if not {"image", "label"} <= keys:
         raise ValueError(
-            f"dataset {name!r} is not supported: standard TFDS datasets need 'image' "
-            f"and 'label' features, it has {sorted(keys)}"
+            f"name={name!r} must be an image-classification dataset (standard TFDS "
+            f"datasets need 'image' and 'label' features; it has {sorted(keys)})"
         )
     if not isinstance(features["label"], tfds.features.ClassLabel):
-        raise ValueError(f"dataset {name!r}: 'label' must be a ClassLabel feature")
+        raise ValueError(f"name={name!r} must be a dataset whose 'label' is a ClassLabel feature")
     shape = features["image"].shape
     if any(dim is None for dim in shape):
         raise ValueError(
-            f"dataset {name!r}: images have a variable shape {shape}; only fixed-size "
-            f"image datasets are supported"
+            f"name={name!r} must be a fixed-size image dataset (its images have the "
+            f"variable shape {shape})"
         )
     return "image"
 
@@ -487,15 +160,16 @@ def _split_strings(
 ) -> Tuple[str, Optional[str], str]:
     splits = _known_splits(builder)
     if splits and "train" not in splits:
-        raise ValueError(f"dataset {name!r} has no 'train' split (splits: {sorted(splits)})")
+        raise ValueError(f"name={name!r} must be a dataset with a 'train' split "
+                         f"(it has {sorted(splits)})")
     if not splits or "test" in splits:
         test_split = "test"
     elif "validation" in splits:
         test_split = "validation"
     else:
         raise ValueError(
-            f"dataset {name!r} has neither a 'test' nor a 'validation' split "
-            f"(splits: {sorted(splits)})"
+            f"name={name!r} must be a dataset with a 'test' or a 'validation' split "
+            f"(it has {sorted(splits)})"
         )
     num_train = splits.get("train", 0)
     if val_fraction == 0.0:
@@ -507,7 +181,8 @@ def _split_strings(
     num_val = max(1, int(round(val_fraction * num_train)))
     if num_val >= num_train:
         raise ValueError(
-            f"val_fraction={val_fraction} leaves no training examples out of {num_train}"
+            f"val_fraction={val_fraction!r} must leave at least one of the {num_train} "
+            f"'train' examples for training"
         )
     cut = num_train - num_val
     return f"train[:{cut}]", f"train[{cut}:]", test_split
@@ -524,7 +199,7 @@ def _as_dataset(builder: tfds.core.DatasetBuilder, split: str, name: str, data_d
     except AssertionError as err:
         if builder.is_prepared():
             raise
-        raise DatasetNotFoundError(name, data_dir, _not_prepared_detail(builder, data_dir)) from err
+        raise DatasetNotFoundError(name, data_dir, not_prepared_detail(builder, data_dir)) from err
 
 
 def _size(ds: "tf.data.Dataset", builder: tfds.core.DatasetBuilder, split: str) -> int:
@@ -583,7 +258,7 @@ def load_splits(
 
     import tensorflow as tf  # Imported lazily to keep `import nested_research.data` cheap.
 
-    builder = _make_builder(name, data_dir, kwargs)
+    builder = make_builder(name, data_dir, kwargs)
     kind = _EMBEDDED_KIND.get(name) or _classification_kind(builder, name)
     train_split, val_split, test_split = _split_strings(builder, name, val_fraction)
     features = builder.info.features

@@ -1,0 +1,59 @@
+"""What a job builds from its composed config (``instantiate`` is called only here and in
+``job.py``): the learning rate, the optimizer, the distribution strategy, the model's inputs."""
+
+from __future__ import annotations
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from nested_research.checks import check_real
+from nested_research.errors import ConfigError
+
+STRATEGIES = (None, "mirrored", "multi_worker")
+
+
+def make_strategy(name):
+    """``None``: the default (one device); ``"mirrored"``: ``MirroredStrategy`` (local devices);
+    ``"multi_worker"``: ``MultiWorkerMirroredStrategy``, cluster from ``TF_CONFIG`` (README)."""
+    import tensorflow as tf
+
+    if name is None:
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def model_inputs(data) -> dict:
+    """What the model builders take from the data."""
+    kw = {"input_shape": tuple(data.input_shape), "num_classes": data.num_classes}
+    if data.task == "sequence":
+        kw["vocab_size"] = int(data.metadata["vocab_size"])
+        kw["output_positions"] = int(data.metadata["num_queries"])
+    return kw
+
+
+def build_learning_rate(cfg: DictConfig, steps_per_epoch: int, total_steps: int):
+    """``optimizer.learning_rate`` wrapped by the ``lr_schedule`` group's schedule."""
+    lr = cfg.optimizer.learning_rate
+    try:
+        lr = check_real("optimizer.learning_rate", lr, low=0, low_open=True)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if cfg.lr_schedule.get("_target_") is None:
+        return lr
+    target = cfg.lr_schedule._target_
+    extra = {"steps_per_epoch": steps_per_epoch} if target.endswith("PerEpochSchedule") \
+        else {"total_steps": total_steps}
+    return instantiate(cfg.lr_schedule, initial_learning_rate=lr, **extra)
+
+
+def build_optimizer(cfg: DictConfig, steps_per_epoch: int, total_steps: int, stats_every: int):
+    """The optimizer: ``optimizer.params`` plus, for ours, the memory/blend/interval groups."""
+    lr = build_learning_rate(cfg, steps_per_epoch, total_steps)
+    extra = {}
+    if cfg.optimizer.uses_memory_groups:
+        for group in ("memory", "blend_mode", "schedule_curve"):
+            extra.update(OmegaConf.to_container(cfg[group], resolve=True))
+        extra["stats_every"] = stats_every
+    return instantiate(cfg.optimizer.params, learning_rate=lr, **extra)

@@ -1,0 +1,91 @@
+"""Argument checks shared by the model builders.
+
+Numbers and choices use :mod:`nested_research.checks`; the checks here are the
+ones only models need (shapes, lists of widths, activations, layer names), worded
+the same way: ``<param>=<value!r> must be <what is allowed>``.  List-valued
+arguments accept any non-string sequence, including OmegaConf ``ListConfig``.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+
+from nested_research.checks import check_int, check_real
+
+__all__ = [
+    "check_activation",
+    "check_dropout",
+    "check_input_shape",
+    "check_int_list",
+    "check_model_name",
+    "check_num_classes",
+]
+
+
+def _is_positive_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
+
+
+def check_num_classes(num_classes: Any) -> int:
+    """The number of output logits: an integer >= 2."""
+    return check_int("num_classes", num_classes, low=2)
+
+
+def check_dropout(dropout: Any) -> float:
+    """A dropout rate in ``[0, 1)``."""
+    return check_real("dropout", dropout, 0.0, 1.0, high_open=True)
+
+
+def check_model_name(name: Any) -> str:
+    """A Keras model name: a non-empty string without ``/``."""
+    if not isinstance(name, str) or not name or "/" in name:
+        raise ValueError(f"name={name!r} must be a non-empty string without '/'")
+    return name
+
+
+def check_int_list(param: str, value: Any, min_len: int = 1) -> tuple[int, ...]:
+    """A list of at least ``min_len`` integers >= 1 (layer widths)."""
+    items = None
+    if not isinstance(value, (str, bytes)) and isinstance(value, Sequence):
+        items = list(value)
+    if items is None or len(items) < min_len or not all(_is_positive_int(v) for v in items):
+        shown = value if items is None else items
+        raise ValueError(
+            f"{param}={shown!r} must be a list of integers >= 1 (at least {min_len})"
+        )
+    return tuple(int(v) for v in items)
+
+
+def check_input_shape(
+    input_shape: Any, allowed_ranks: tuple[int, ...], what: str
+) -> tuple[int, ...]:
+    """A per-example shape: ``allowed_ranks`` integers >= 1 (no batch axis)."""
+    ranks = " or ".join(str(r) for r in allowed_ranks)
+    bad = isinstance(input_shape, (str, bytes)) or not isinstance(input_shape, Sequence)
+    dims = [] if bad else list(input_shape)
+    if bad or len(dims) not in allowed_ranks or not all(_is_positive_int(d) for d in dims):
+        raise ValueError(
+            f"input_shape={input_shape!r} must be a tuple of {ranks} integers >= 1"
+            f" (the per-example shape without the batch axis: {what})"
+        )
+    return tuple(int(d) for d in dims)
+
+
+def check_activation(activation: Any) -> str:
+    """The name of a Keras activation (a string, not a callable)."""
+    ok = isinstance(activation, str)
+    if ok:
+        try:
+            keras.activations.get(activation)
+        except (ValueError, TypeError):
+            ok = False
+    if not ok:
+        raise ValueError(
+            f"activation={activation!r} must be the name of a Keras activation"
+            f" (e.g. 'relu', 'gelu', 'tanh', 'silu')"
+        )
+    return activation
