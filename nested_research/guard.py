@@ -245,15 +245,14 @@ class NonFiniteGuard(keras.callbacks.Callback):
         return logs
 
     def _apply_or_skip(self, optimizer, loss, grads, weights):
-        """Apply ``grads`` unless some value is non-finite on some replica; return ``skip``."""
+        """Apply ``grads`` unless some value is non-finite on some replica; return ``skip``
+        (the decision across replicas is ``nonfinite.apply_unless_flagged``)."""
         import tensorflow as tf
 
-        grad_ok = [_all_finite(g) for g in grads if g is not None]
-        grad_bad = tf.logical_not(tf.reduce_all(tf.stack(grad_ok))) if grad_ok \
-            else tf.constant(False)
+        from nested_research import nonfinite
+
+        grad_bad = tf.logical_not(nonfinite.all_finite(grads))
         flags = tf.cast(tf.stack([tf.logical_not(_all_finite(loss)), grad_bad]), tf.float32)
-        distributed = tf.distribute.has_strategy()
-        merge = distributed and not tf.__internal__.distribute.strategy_supports_no_merge_call()
         lso = _is_loss_scale(optimizer)
         variables = list(weights)
 
@@ -261,41 +260,21 @@ class NonFiniteGuard(keras.callbacks.Callback):
             if variables:
                 optimizer.apply_gradients(zip(grads_, variables))
 
-        def on_skip(loss_bad_):
-            if lso:  # a loss-scale overflow: what LossScaleOptimizer does for one
-                def overflow():
-                    optimizer.step_counter.assign(0)
-                    optimizer.dynamic_scale.assign(optimizer.dynamic_scale * 0.5)
-                ops.cond(loss_bad_, lambda: None, overflow)
+        def decide(total):
+            skip, loss_bad = (total[0] + total[1]) > 0, total[0] > 0
+            self._skipped.assign_add(tf.cast(skip, tf.int64))
+            self._streak.assign(tf.where(loss_bad, self._streak + 1, tf.zeros((), tf.int64)))
 
-        def record(skip_, loss_bad_):
-            self._skipped.assign_add(tf.cast(skip_, tf.int64))
-            self._streak.assign(tf.where(loss_bad_, self._streak + 1, tf.zeros((), tf.int64)))
+            def on_skip():
+                if lso:  # a loss-scale overflow: what LossScaleOptimizer does for one
+                    def overflow():
+                        optimizer.step_counter.assign(0)
+                        optimizer.dynamic_scale.assign(optimizer.dynamic_scale * 0.5)
+                    ops.cond(loss_bad, lambda: None, overflow)
+            return skip, on_skip
 
-        if not merge:
-            if distributed and tf.distribute.get_strategy().num_replicas_in_sync > 1:
-                flags = tf.distribute.get_replica_context().all_reduce("SUM", flags)
-            skip, loss_bad = (flags[0] + flags[1]) > 0, flags[0] > 0
-            record(skip, loss_bad)
-            ops.cond(skip, lambda: on_skip(loss_bad), lambda: apply(grads))
-            return skip
+        return nonfinite.apply_unless_flagged(flags, apply, (list(grads),), decide)
 
-        def cross_replica(strategy, flags_, grads_):
-            local = strategy.experimental_local_results(flags_)
-            if len(local) < strategy.num_replicas_in_sync:  # replicas on other workers
-                total = strategy.reduce("SUM", flags_, axis=None)
-            else:  # all replicas are local: no collective (see the module docstring)
-                total = tf.add_n(list(local))
-            skip_, loss_bad_ = (total[0] + total[1]) > 0, total[0] > 0
-            record(skip_, loss_bad_)
-            ops.cond(skip_, lambda: on_skip(loss_bad_),
-                     lambda: strategy.extended.call_for_each_replica(apply, args=(grads_,)))
-            return skip_
-
-        return tf.distribute.get_replica_context().merge_call(
-            cross_replica, args=(flags, list(grads)))
-
-    # ------------------------------------------------------------ callback
     def on_train_begin(self, logs=None):
         if self._installed_on is not self.model or self.model.train_step is not self._step_fn:
             raise RuntimeError("NonFiniteGuard: call guard.install(model) on the model being "

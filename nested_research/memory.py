@@ -116,11 +116,14 @@ def effective(g, new_tiers, w, memory_mix: float, fused: bool = False):
     """
     if fused:
         combined = w[0] * new_tiers[0] + w[1] * new_tiers[1] + w[2] * new_tiers[2]
-    else:
-        w = ops.convert_to_tensor(np.asarray(w), new_tiers.dtype) \
-            if isinstance(w, (tuple, list)) else ops.cast(w, new_tiers.dtype)
-        combined = ops.tensordot(ops.reshape(w, (3,)), new_tiers, axes=1)
-    return (1.0 - memory_mix) * g + memory_mix * combined
+        return (1.0 - memory_mix) * g + memory_mix * combined
+    shape = tuple(new_tiers.shape[1:])
+    if None in shape:  # (the gathered rows of a row-sparse step)
+        shape = ops.shape(new_tiers)[1:]
+    c = ops.convert_to_tensor(np.asarray(w) * memory_mix, new_tiers.dtype) \
+        if isinstance(w, (tuple, list)) else ops.cast(w, new_tiers.dtype) * memory_mix
+    mixed = ops.matmul(ops.reshape(c, (1, 3)), ops.reshape(new_tiers, (3, -1)))
+    return (1.0 - memory_mix) * g + ops.reshape(mixed, shape)  # (1 - mix) g + mix sum w_i M_i
 
 
 def tier_sums(g, tiers, cosines: bool):

@@ -182,11 +182,18 @@ class NestedLearningOptimizer(DepthRegistry, FamilyOptimizer):
                 if k > 1 and self.accumulate_gradients else None)
             self._update_counts.append(
                 self.add_variable((), "zeros", "float32", name=f"{prefix}_updates"))
-        self.stats.build(self, var_list, self.longest_interval)
+            self.stats.add_variable(self, var)
+        self.stats.longest = self.longest_interval
 
     def load_own_variables(self, store):
         """Keras' loading, after converting a store written with one variable per tier."""
         super().load_own_variables(convert_legacy_store(self, store))
+
+    def convert_saved_state(self, arrays: list) -> list:
+        """Saved values of ``variables`` (a checkpoint's, in order) in the current layout;
+        ``ValueError`` naming what changed when they fit neither layout (``state_layout.py``)."""
+        store = convert_legacy_store(self, {str(i): a for i, a in enumerate(arrays)})
+        return [store[str(i)] for i in range(len(self.variables))]
 
     def slots(self, index: int) -> dict:
         """The optimizer state of trainable variable ``index`` by name (tensors or ``None``):

@@ -68,8 +68,18 @@ class Resume:
                 opt.build(model.trainable_variables)
         _build_metrics(model, data)
         variables = state_variables(model, extra_variables)
-        arrays = self.ckpt.arrays()
-        specs = self.ckpt.meta["variables"]
+        arrays = dict(self.ckpt.arrays())
+        specs = dict(self.ckpt.meta["variables"])
+        if len(arrays["optimizer"]) != len(variables["optimizer"]) and \
+                hasattr(opt, "convert_saved_state"):  # an earlier state layout
+            try:
+                arrays["optimizer"] = opt.convert_saved_state(arrays["optimizer"])
+            except ValueError as err:
+                raise CheckpointError(f"trainer.resume={self.ckpt.run_dir!r}: checkpoint "
+                                      f"{self.ckpt.path} does not fit this run: {err}") from err
+            specs["optimizer"] = [{"path": v.path, "shape": list(v.shape),
+                                   "dtype": keras.backend.standardize_dtype(v.dtype)}
+                                  for v in variables["optimizer"]]
         for group in ("model", "optimizer", "extra"):
             why = mismatch(group, variables[group], specs[group])
             if why:

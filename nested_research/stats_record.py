@@ -86,8 +86,8 @@ class _Recording:
 class StatsRecorder:
     """The in-step statistics of one optimizer (module docstring).
 
-    ``every``: record every this many steps (0: never).  ``build(opt, var_list, longest)``
-    adds one float32 variable of ``STAT_FIELDS`` per trainable variable.
+    ``every``: record every this many steps (0: never).  ``add_variable`` creates a
+    variable's record; ``longest`` (the optimizer's longest interval) sets the window.
     """
 
     def __init__(self, every: int):
@@ -97,13 +97,14 @@ class StatsRecorder:
         self.longest = 1
         self._due = weakref.WeakKeyDictionary()
 
-    def build(self, opt, var_list, longest: int) -> None:
-        self.longest = int(longest)
+    def add_variable(self, opt, var) -> None:
+        """Create ``var``'s record (one float32 vector of ``STAT_FIELDS``) in ``opt``; the
+        optimizer calls this in ``build``, in its order of variables."""
         self._assign = opt.assign
-        self.variables = [
-            opt.add_variable((len(STAT_FIELDS),), "zeros", "float32",
-                             name=f"{v.path.replace('/', '_')}_stats")
-            for v in var_list] if self.every else []
+        if self.every:
+            self.variables.append(opt.add_variable(
+                (len(STAT_FIELDS),), "zeros", "float32",
+                name=f"{var.path.replace('/', '_')}_stats"))
 
     @property
     def active(self) -> bool:

@@ -84,9 +84,13 @@ OPTIMIZERS = {
     "nested_attention_k4_acc": ("nested", {"memory_blend_mode": "attention",
                                            "auto_schedule": False, "default_interval": 4,
                                            "accumulate_gradients": True}),
+    # the cost of skip_nonfinite (one isfinite pass over the gradients and a cond per step)
+    "nested_attention_skip": ("nested", {"memory_blend_mode": "attention",
+                                         "skip_nonfinite": True}),
+    "nested_fixed_skip": ("nested", {"memory_blend_mode": "fixed", "skip_nonfinite": True}),
 }
 TRAIN_OPTIMIZERS = ["adam", "nested_attention", "nested_fixed", "nested_none",
-                    "nested_attention_bf16"]
+                    "nested_attention_bf16", "nested_attention_skip"]
 PROFILE_OPTIMIZERS = ["adam", "nested_none", "nested_fixed", "nested_attention",
                       "nested_attention_bf16"]
 

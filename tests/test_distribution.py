@@ -47,7 +47,26 @@ SCRIPT = textwrap.dedent("""
             result["replicas"] = strategy.num_replicas_in_sync
             result[f"intervals_{mode}"] = sorted(set(opt.intervals.values()))
         result[mode] = weights
-    # 2. The entry point with trainer.strategy=mirrored trains; deterministic runs are bitwise equal.
+    # 2. skip_nonfinite: a NaN in one replica's half of a batch skips the step on both replicas.
+    x_bad = x.copy()
+    x_bad[3 * 32 + 5] = np.nan  # batch 4, the first replica's shard
+    for kind, strategy in (("single", tf.distribute.get_strategy()),
+                           ("mirrored", tf.distribute.MirroredStrategy())):
+        keras.backend.clear_session()
+        keras.utils.set_random_seed(0)
+        with strategy.scope():
+            model = build_mlp((8, 8, 1), 10)
+            opt = NestedLearningOptimizer(max_interval=3, skip_nonfinite=True)
+            opt.compute_depths_from_model(model)
+            model.compile(opt, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+            model.fit(x_bad, y, batch_size=32, epochs=1, shuffle=False, verbose=0)
+        result[f"skip_{kind}"] = {
+            "skipped": opt.skipped_steps,
+            "iterations": int(keras.ops.convert_to_numpy(opt.iterations)),
+            "finite": bool(all(np.isfinite(keras.ops.convert_to_numpy(v)).all()
+                               for v in opt.variables)),
+            "weights": [w.tolist() for w in model.get_weights()]}
+    # 3. The entry point with trainer.strategy=mirrored trains; deterministic runs are bitwise equal.
     common = ["logger=none", "trainer.verbose=0", "trainer.epochs=3"]
     for name, extra in [("mirrored", ["trainer.strategy=mirrored"]),
                         ("det_a", ["trainer.deterministic=true", "trainer.max_steps=12"]),
@@ -76,6 +95,11 @@ def test_mirrored_equals_single_device_and_determinism_is_bitwise(tmp_path):
         single, mirrored = w[mode]
         for a, b in zip(single, mirrored):
             np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-5, atol=1e-6)
+    for kind in ("single", "mirrored"):
+        run_ = w[f"skip_{kind}"]
+        assert run_["skipped"] == 1 and run_["iterations"] == 7 and run_["finite"], kind
+    for a, b in zip(w["skip_single"]["weights"], w["skip_mirrored"]["weights"]):
+        np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-5, atol=1e-6)
     results = json.loads((tmp_path / "mirrored" / "results.json").read_text())
     assert results["metrics"]["test/accuracy"] > 0.8
     for a, b in zip(w["det_a"], w["det_b"]):

@@ -95,3 +95,29 @@ def test_model_fit_skips_the_batch_and_round_trips_the_setting(tmp_path):
     loaded = keras.models.load_model(path)
     assert loaded.optimizer.skip_nonfinite is True
     assert loaded.optimizer.skipped_steps == 1
+
+
+def test_mixed_float16_fit_with_a_nan_batch_keeps_everything_finite():
+    """Under ``mixed_float16`` Keras' LossScaleOptimizer sees the non-finite scaled gradients
+    first (an overflow: it halves the scale and skips); the inner optimizer stays finite."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 4)).astype("float32")
+    x[12] = np.nan
+    y = rng.integers(0, 3, size=(32,))
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, name="d0"),
+                                  keras.layers.Dense(3, name="d1", dtype="float32")], name="m")
+        opt = NestedLearningOptimizer(learning_rate=0.01, skip_nonfinite=True, max_interval=1)
+        model.compile(optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True))
+        model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    inner = model.optimizer.inner_optimizer
+    assert inner is opt and int(opt.iterations) == 3  # 4 batches, one skipped
+    assert all(np.isfinite(np.asarray(v)).all() for v in opt.variables)
+    assert all(np.isfinite(w).all() for w in model.get_weights())
