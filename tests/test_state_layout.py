@@ -68,3 +68,52 @@ def test_a_store_of_neither_layout_is_refused_naming_what_changed():
     assert f"has {len(store)} variables" in msg and "one variable per memory tier" in msg
     with pytest.raises(ValueError, match="one variable per memory tier"):
         opt.convert_saved_state(list(store.values()))
+
+
+def _trained(seed=0):
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(6, activation="tanh",
+                              name="d0"), keras.layers.Dense(3, name="d1")], name="m")
+    opt = NestedLearningOptimizer(learning_rate=0.01, memory_blend_mode="adaptive",
+                                  amsgrad=True, max_interval=2)
+    opt.compute_depths_from_model(model)
+    model.compile(optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True), metrics=["accuracy"])
+    return model, opt
+
+
+def test_a_checkpoint_of_the_0_1_0_layout_resumes_into_the_stacked_layout(tmp_path):
+    """A checkpoint whose optimizer group has one variable per tier (0.1.0's order: the tiers
+    of every variable, then the velocities and the rest) restores value for value."""
+    import types
+    import tensorflow as tf
+
+    from nested_research import checkpoint
+    from nested_research.resume import Resume
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(24, 4)).astype("float32")
+    y = rng.integers(0, 3, size=(24,))
+    model, opt = _trained()
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+    stack_vars = [v for v in opt.variables if v.path.endswith("_memory")]
+    legacy = []
+    for v in opt.variables:
+        if any(v is s for s in stack_vars):
+            for t, name in enumerate(("short", "medium", "long")):
+                legacy.append(keras.Variable(np.asarray(v)[t], name=f"{v.name}_{name}_memory"))
+        else:
+            legacy.append(v)
+    assert len(legacy) == len(opt.variables) + 2 * len(stack_vars)
+    meta = {"epoch": 1, "position": 0, "history": {}, "config": {}}
+    path = checkpoint.write(str(tmp_path), 3, {"model": model.variables, "optimizer": legacy,
+                                                "metrics": [], "extra": []}, meta)
+    fresh, fresh_opt = _trained(seed=1)
+    data = types.SimpleNamespace(val=tf.data.Dataset.from_tensor_slices((x, y)).batch(8),
+                                 test=None)
+    Resume(checkpoint.load(path)).restore(fresh, data)
+    assert len(fresh_opt.variables) == len(opt.variables)
+    for a, b in zip(opt.variables, fresh_opt.variables):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for a, b in zip(model.variables, fresh.variables):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
