@@ -124,14 +124,6 @@ def check_max_nonfinite_steps(value, param: str = "max_nonfinite_steps") -> int:
     return check_int(param, value, low=1)
 
 
-def _all_finite(tensor):
-    import tensorflow as tf
-
-    if isinstance(tensor, tf.IndexedSlices):
-        tensor = tensor.values
-    return tf.reduce_all(tf.math.is_finite(tensor))
-
-
 def _is_loss_scale(optimizer) -> bool:
     return isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
@@ -251,8 +243,8 @@ class NonFiniteGuard(keras.callbacks.Callback):
 
         from nested_research import nonfinite
 
-        grad_bad = tf.logical_not(nonfinite.all_finite(grads))
-        flags = tf.cast(tf.stack([tf.logical_not(_all_finite(loss)), grad_bad]), tf.float32)
+        flags = tf.cast(tf.stack([tf.logical_not(nonfinite.all_finite([loss])),
+                                  tf.logical_not(nonfinite.all_finite(grads))]), tf.float32)
         lso = _is_loss_scale(optimizer)
         variables = list(weights)
 
