@@ -20,6 +20,7 @@ from nested_research import tf_log  # noqa: E402
 tf_log.install()
 
 _EXPORTS = {
+    "AdEMAMix": "nested_research.ademamix",
     "NestedLearningOptimizer": "nested_research.optimizer",
     "PerEpochSchedule": "nested_research.lr_schedule",
     "WarmupCosineSchedule": "nested_research.lr_schedule",
