@@ -56,4 +56,5 @@ def build_optimizer(cfg: DictConfig, steps_per_epoch: int, total_steps: int, sta
         for group in ("memory", "blend_mode", "schedule_curve"):
             extra.update(OmegaConf.to_container(cfg[group], resolve=True))
         extra["stats_every"] = stats_every
-    return instantiate(cfg.optimizer.params, learning_rate=lr, **extra)
+    # (_convert_: list parameters, e.g. Muon's exclude_layers, reach the optimizer as lists)
+    return instantiate(cfg.optimizer.params, learning_rate=lr, _convert_="all", **extra)
