@@ -21,6 +21,8 @@ tf_log.install()
 
 _EXPORTS = {
     "AdEMAMix": "nested_research.ademamix",
+    "DeltaMomentum": "nested_research.delta_momentum",
+    "M3": "nested_research.m3",
     "NestedLearningOptimizer": "nested_research.optimizer",
     "PerEpochSchedule": "nested_research.lr_schedule",
     "WarmupCosineSchedule": "nested_research.lr_schedule",
