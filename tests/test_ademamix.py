@@ -130,7 +130,6 @@ def test_schedulers_start_end_and_half_life():
     (dict(beta_3_warmup_steps=2.5), "beta_3_warmup_steps", "2.5"),
     (dict(epsilon=0.0), "epsilon", "0.0"),
     (dict(beta_3=0.5, beta_3_warmup_steps=10), "beta_3", "0.5"),
-    (dict(skip_nonfinite=1), "skip_nonfinite", "1"),
 ])
 def test_bad_arguments_name_the_parameter_and_the_value(kwargs, name, bad):
     with pytest.raises(ValueError) as err:
@@ -168,20 +167,3 @@ def test_config_and_keras_file_round_trips(tmp_path):
     loaded.fit(x[16:], y[16:], batch_size=8, epochs=1, shuffle=False, verbose=0)
     for a, b in zip(m.get_weights(), loaded.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
-
-
-def test_skip_nonfinite_leaves_the_state_untouched():
-    opt = AdEMAMix(learning_rate=0.01, skip_nonfinite=True)
-    variables = _vars("float32")
-    grads = [[g.astype("float32") for g in gs] for gs in _grads(3)]
-    opt.apply(grads[0], variables)
-    before = [np.asarray(v).copy() for v in [*variables, *opt.variables]]
-    grads[1][2][0, 0, 0] = np.nan
-    opt.apply(grads[1], variables)
-    after = [np.asarray(v) for v in [*variables, *opt.variables]
-             if not v.path.endswith("skipped_steps")]
-    before = before[:len(variables)] + [b for b, v in zip(before[len(variables):], opt.variables)
-                                        if not v.path.endswith("skipped_steps")]
-    for b, a in zip(before, after):
-        np.testing.assert_array_equal(b, a)
-    assert opt.skipped_steps == 1

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import keras
 import tensorflow as tf
-import yaml
 
 from nested_research import DeltaMomentum
 
@@ -158,31 +157,11 @@ def test_the_momentum_never_grows_without_new_writes():
     (dict(preconditioner="shampoo"), "preconditioner", "'shampoo'"),
     (dict(beta_2=1.0), "beta_2", "1.0"),
     (dict(epsilon=0.0), "epsilon", "0.0"),
-    (dict(skip_nonfinite=1), "skip_nonfinite", "1"),
 ])
 def test_bad_arguments_name_the_parameter_and_the_value(kwargs, name, bad):
     with pytest.raises(ValueError) as err:
         DeltaMomentum(**kwargs)
     assert name in str(err.value) and bad in str(err.value)
-
-
-def test_the_conf_file_sets_every_parameter_at_its_default():
-    import inspect
-    import pathlib
-
-    conf = yaml.safe_load((pathlib.Path(__file__).resolve().parents[1] / "conf" / "optimizer"
-                           / "delta_momentum.yaml").read_text())
-    params = dict(conf["params"])
-    assert params.pop("_target_") == "nested_research.DeltaMomentum"
-    assert conf["name"] == "delta_momentum" and conf["uses_memory_groups"] is False
-    signature = inspect.signature(DeltaMomentum).parameters
-    assert set(params) == set(signature) - {"learning_rate", "name", "kwargs"} | {"weight_decay"}
-    opt = DeltaMomentum(**params)
-    assert conf["learning_rate"] == signature["learning_rate"].default
-    for key, value in params.items():
-        assert getattr(opt, key) == value, key
-        if key != "weight_decay":
-            assert signature[key].default == value, key
 
 
 @pytest.mark.parametrize("preconditioner", ["identity", "adam"])
@@ -218,19 +197,3 @@ def test_config_and_keras_file_round_trips(tmp_path, preconditioner):
     loaded.fit(x[16:], y[16:], batch_size=8, epochs=1, shuffle=False, verbose=0)
     for a, b in zip(m.get_weights(), loaded.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
-
-
-def test_skip_nonfinite_leaves_the_state_untouched():
-    opt = DeltaMomentum(learning_rate=0.01, preconditioner="adam", skip_nonfinite=True)
-    variables = _vars("float32")
-    grads = [[g.astype("float32") for g in gs] for gs in _grads(3)]
-    opt.apply(grads[0], variables)
-    before = [np.asarray(v).copy() for v in [*variables, *opt.variables]]
-    grads[1][2][0, 0, 0, 0] = np.inf
-    opt.apply(grads[1], variables)
-    keep = [not v.path.endswith("skipped_steps") for v in opt.variables]
-    after = [np.asarray(v) for v in [*variables, *opt.variables]]
-    for b, a, k in zip(before, after, [True] * len(variables) + keep):
-        if k:
-            np.testing.assert_array_equal(b, a)
-    assert opt.skipped_steps == 1 and int(opt.iterations) == 1
