@@ -12,6 +12,8 @@ import tensorflow as tf
 
 from nested_research import DeltaMomentum
 
+from family_helpers import follow_reference, grad_stream, make_vars
+
 #: a tall and a wide kernel (both association orders), a conv kernel, a bias, a scalar
 SHAPES = [(6, 5), (3, 7), (3, 2, 4, 3), (5,), ()]
 
@@ -55,15 +57,11 @@ class NumpyDeltaMomentum:
 
 
 def _vars(dtype="float64", seed=0, shapes=SHAPES):
-    rng = np.random.default_rng(seed)
-    return [keras.Variable(rng.normal(size=s).astype(dtype), name=f"v{i}")
-            for i, s in enumerate(shapes)]
+    return make_vars(shapes, dtype, seed)
 
 
 def _grads(steps, seed=1, shapes=SHAPES):
-    rng = np.random.default_rng(seed)
-    drift = [rng.normal(size=s) for s in shapes]
-    return [[d + rng.normal(size=s) for d, s in zip(drift, shapes)] for _ in range(steps)]
+    return grad_stream(shapes, steps, seed)
 
 
 @pytest.mark.parametrize("kw,ref_kw", [
@@ -79,17 +77,9 @@ def test_matches_the_numpy_reference_over_24_steps(kw, ref_kw, jit):
     opt = DeltaMomentum(learning_rate=0.01, **kw)
     ref = NumpyDeltaMomentum(SHAPES, lr=lr, **ref_kw)
     variables = _vars()
-    params = [v.numpy() for v in variables]
-    step = tf.function(lambda g: opt.apply(g, variables), jit_compile=True) if jit else \
-        (lambda g: opt.apply(g, variables))
     grads = _grads(24)
     grads[5][3] = np.zeros(5)  # a zero gradient: no key, so nothing to erase
-    for g in grads:
-        step([tf.constant(x) for x in g])
-        params = ref.step(params, g)
-        for v, p in zip(variables, params):
-            # (Keras casts weight_decay through float32: 0.05 is off by 1.5e-8 relative)
-            np.testing.assert_allclose(v.numpy(), p, rtol=1e-9, atol=1e-9)
+    follow_reference(opt, ref, variables, grads, jit)
     assert all(np.max(np.abs(v.numpy() - w)) > 1e-3 for v, w in zip(variables, _vars()))
     np.testing.assert_allclose(np.asarray(opt.slots(2)["momentum"]), ref.m[2], rtol=1e-9,
                                atol=1e-12)

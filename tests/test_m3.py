@@ -13,6 +13,8 @@ import tensorflow as tf
 from nested_research import M3
 from nested_research.m3 import newton_schulz
 
+from family_helpers import follow_reference, grad_stream, make_vars, stepper
+
 #: a wide and a tall kernel, a conv kernel (kh, kw, c_in, c_out), a bias, a scalar
 SHAPES = [(5, 7), (6, 5), (3, 2, 4, 3), (5,), ()]
 NS_PATH = [True, True, True, False, False]
@@ -71,21 +73,14 @@ class NumpyM3:
 
 
 def _vars(dtype="float64", seed=0, shapes=SHAPES):
-    rng = np.random.default_rng(seed)
-    return [keras.Variable(rng.normal(size=s).astype(dtype), name=f"v{i}")
-            for i, s in enumerate(shapes)]
+    return make_vars(shapes, dtype, seed)
 
 
 def _grads(steps, seed=1, shapes=SHAPES):
-    rng = np.random.default_rng(seed)
-    drift = [rng.normal(size=s) for s in shapes]
-    return [[d + rng.normal(size=s) for d, s in zip(drift, shapes)] for _ in range(steps)]
+    return grad_stream(shapes, steps, seed)
 
 
-def _stepper(opt, variables, jit):
-    if jit:
-        return tf.function(lambda g: opt.apply(g, variables), jit_compile=True)
-    return lambda g: opt.apply(g, variables)
+_stepper = stepper
 
 
 @pytest.mark.parametrize("kw,ref_kw", [
@@ -100,14 +95,7 @@ def test_matches_the_numpy_reference_over_24_steps(kw, ref_kw, jit):
     opt = M3(learning_rate=0.01, **kw)
     ref = NumpyM3(SHAPES, NS_PATH, lr=lr, **ref_kw)
     variables = _vars()
-    params = [v.numpy() for v in variables]
-    step = _stepper(opt, variables, jit)
-    for grads in _grads(24):
-        step([tf.constant(g) for g in grads])
-        params = ref.step(params, grads)
-        for v, p in zip(variables, params):
-            # (Keras casts weight_decay through float32: 0.05 is off by 1.5e-8 relative)
-            np.testing.assert_allclose(v.numpy(), p, rtol=1e-9, atol=1e-9)
+    follow_reference(opt, ref, variables, _grads(24), jit)
     assert [opt.uses_newton_schulz(v) for v in variables] == NS_PATH
     assert all(np.max(np.abs(v.numpy() - w)) > 1e-3 for v, w in zip(variables, _vars()))
     for i in (0, 2):  # the slow memory took part (2 or 8 chunks)
