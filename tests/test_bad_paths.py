@@ -16,8 +16,6 @@ import os
 import pathlib
 import shutil
 import stat
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -33,6 +31,8 @@ from nested_research.data import (
 )
 from nested_research.data._tfds_compat import LocalGeneratorBuilder
 from nested_research.train import ConfigError, run
+
+from inprocess import cli_in_process
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -361,15 +361,25 @@ def test_run_refuses_read_only_output_dir(pristine, tmp_path):
 
 
 # ---------------------------------------------------------------- the command line
-def _cli(tmp_path, *args, env_extra=None):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", WANDB_MODE="offline",
-               NESTED_RESEARCH_OUTPUT_DIR=str(tmp_path / "out"),
-               NESTED_RESEARCH_DATA_DIR=str(tmp_path / "never_created"))
-    env.update(env_extra or {})
-    env.pop("NESTED_RESEARCH_FULL_ERROR", None)
-    env.pop("WANDB_DIR", None)
-    return subprocess.run([sys.executable, "-m", "nested_research.train", *args],
-                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+# In process (tests/inprocess.py): what is checked is the command's message, exit status and
+# files.  The exit status and stderr of a real ``python -m nested_research.train`` process on
+# bad input are checked in test_train.py::test_cli_bad_input_short_message_no_data_built.
+@pytest.fixture
+def cli(tmp_path, monkeypatch, capsys):
+    """``cli(*args, env_extra=None)``: the command line in this process, from ``tmp_path``."""
+
+    def command(*args, env_extra=None):
+        env = dict(WANDB_MODE="offline", NESTED_RESEARCH_OUTPUT_DIR=str(tmp_path / "out"),
+                   NESTED_RESEARCH_DATA_DIR=str(tmp_path / "never_created"))
+        env.update(env_extra or {})
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.delenv("NESTED_RESEARCH_FULL_ERROR", raising=False)
+        monkeypatch.delenv("WANDB_DIR", raising=False)
+        monkeypatch.chdir(tmp_path)
+        return cli_in_process(monkeypatch, capsys, *args)
+
+    return command
 
 
 def _one_error(proc) -> str:
@@ -383,36 +393,36 @@ def _one_error(proc) -> str:
     return lines[0]
 
 
-def test_cli_output_dir_under_a_file(tmp_path):
+def test_cli_output_dir_under_a_file(tmp_path, cli):
     blocker = tmp_path / "blocker"
     blocker.write_text("a regular file")
     before = snapshot(tmp_path)
-    single = _one_error(_cli(tmp_path, f"paths.output_dir={blocker}/out", "logger=none"))
+    single = _one_error(cli(f"paths.output_dir={blocker}/out", "logger=none"))
     assert f"hydra.run.dir='{blocker}/out/runs/" in single and "which is a file" in single
     assert "paths.output_dir=<dir>" in single
-    multi = _one_error(_cli(tmp_path, "-m", f"paths.output_dir={blocker}/out",
-                            "memory=fixed,none", "logger=none"))
+    multi = _one_error(cli("-m", f"paths.output_dir={blocker}/out", "memory=fixed,none",
+                           "logger=none"))
     assert f"hydra.sweep.dir='{blocker}/out/multirun/" in multi and "which is a file" in multi
     assert snapshot(tmp_path) == before
 
 
 @pytest.mark.skipif(IS_ROOT, reason="root writes into read-only directories")
-def test_cli_read_only_output_dir(tmp_path):
+def test_cli_read_only_output_dir(tmp_path, cli):
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o555)
     try:
         before = snapshot(tmp_path)
-        line = _one_error(_cli(tmp_path, f"paths.output_dir={ro}", "logger=none"))
+        line = _one_error(cli(f"paths.output_dir={ro}", "logger=none"))
         assert "hydra.run.dir=" in line and "is not writable" in line and str(ro) in line
         assert snapshot(tmp_path) == before
     finally:
         ro.chmod(0o755)
 
 
-def test_cli_standard_dataset_not_prepared(tmp_path):
+def test_cli_standard_dataset_not_prepared(tmp_path, cli):
     before = snapshot(tmp_path)
-    line = _one_error(_cli(tmp_path, "data=mnist"))
+    line = _one_error(cli("data=mnist"))
     data_dir = tmp_path / "never_created"
     assert f"data.data_dir={str(data_dir)!r} (data=mnist)" in line, line
     assert "is not prepared" in line and "the data_dir does not exist" in line
@@ -422,23 +432,23 @@ def test_cli_standard_dataset_not_prepared(tmp_path):
 
 @pytest.mark.parametrize("which,fault", [("mnist", "shard_truncated_half"),
                                          ("digits", "dataset_info_garbage")])
-def test_cli_corrupt_data_dir(which, fault, pristine, tmp_path):
+def test_cli_corrupt_data_dir(which, fault, pristine, tmp_path, cli):
     data_dir = copy_data(pristine, which, tmp_path)
     FAULTS[fault][0](data_dir / (DIGITS if which == "digits" else MNIST))
     before = snapshot(tmp_path)
-    line = _one_error(_cli(tmp_path, f"data={'digits' if which == 'digits' else 'mnist'}",
-                           env_extra={"NESTED_RESEARCH_DATA_DIR": str(data_dir)}))
+    line = _one_error(cli(f"data={'digits' if which == 'digits' else 'mnist'}",
+                          env_extra={"NESTED_RESEARCH_DATA_DIR": str(data_dir)}))
     assert f"data.data_dir={str(data_dir)!r}" in line
     _assert_corrupt_message(line, which, data_dir, FAULTS[fault][1])
     assert snapshot(tmp_path) == before
 
 
-def test_cli_prepared_standard_dataset_trains(pristine, tmp_path):
+def test_cli_prepared_standard_dataset_trains(pristine, tmp_path, cli):
     """The control: the same mnist folder, intact, trains through the CLI."""
     data_dir = copy_data(pristine, "mnist", tmp_path)
     before = snapshot(data_dir)
-    proc = _cli(tmp_path, "data=mnist", "logger=none", "trainer.max_steps=2",
-                "trainer.verbose=0", env_extra={"NESTED_RESEARCH_DATA_DIR": str(data_dir)})
+    proc = cli("data=mnist", "logger=none", "trainer.max_steps=2", "trainer.verbose=0",
+               env_extra={"NESTED_RESEARCH_DATA_DIR": str(data_dir)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(list((tmp_path / "out" / "runs").glob("*/results.json"))) == 1
     assert snapshot(data_dir) == before

@@ -1,14 +1,18 @@
 """MirroredStrategy on two logical CPU devices equals one device; deterministic runs are bitwise equal.
 
 Both run in a subprocess: logical devices and op determinism are process-wide TensorFlow settings.
+It starts with the session's first test and runs beside the other tests (tests/early.py).
 """
 
+import functools
 import json
 import os
 import pathlib
-import subprocess
 import sys
 import textwrap
+
+import early
+from early import selected
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -79,12 +83,23 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_mirrored_equals_single_device_and_determinism_is_bitwise(tmp_path):
+def session_jobs(request, tmp_path_factory, data_dir):
+    """SCRIPT in a subprocess, started with the session (tests/early.py, conftest's
+    ``early_session``): this module has no in-process tests to run beside it."""
+    if not selected(request, "test_mirrored_equals_single_device_and_determinism_is_bitwise",
+                    module=sys.modules[__name__]):
+        return {}
+    tmp_path = tmp_path_factory.mktemp("distribution")
+    # its own data dir: the digits are prepared there while tests may prepare the session's
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
-               NESTED_RESEARCH_DATA_DIR=os.environ.get("NESTED_RESEARCH_DATA_DIR",
-                                                       str(tmp_path / "data")))
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], capture_output=True,
-                          text=True, env=env, timeout=600, cwd=ROOT)
+               NESTED_RESEARCH_DATA_DIR=str(tmp_path / "data"))
+    run = functools.partial(early.run, [sys.executable, "-c", SCRIPT, str(tmp_path)],
+                            env=env, timeout=600, cwd=ROOT)
+    return {"distribution": lambda: (tmp_path, run())}
+
+
+def test_mirrored_equals_single_device_and_determinism_is_bitwise(early_session):
+    tmp_path, proc = early_session.result("distribution")
     assert proc.returncode == 0, proc.stderr[-3000:]
     import numpy as np
 

@@ -223,7 +223,8 @@ def test_transformer_trains_previous_token_task():
     y[:, 1:] = x[:, :-1]
     model = build_transformer((L,), V, vocab_size=V, d_model=32, num_heads=4,
                               num_layers=2, ff_dim=64)
-    initial, final = _train(model, x, y, steps=300, lr=3e-3, ignore_index=-1)
+    # (the loss is below 0.005 after 100 steps, 0.003 after 150)
+    initial, final = _train(model, x, y, steps=150, lr=3e-3, ignore_index=-1)
     assert initial > 1.5  # ~ln(8)=2.08
     assert final < 0.05, (initial, final)
 

@@ -5,10 +5,10 @@ gradient, or the loss, non-finite for that batch, on that sample's replica only)
 ``faults.NanAt`` (NaN logits on chosen training steps, for runs through the entry point).
 """
 
+import functools
 import json
 import os
 import pathlib
-import subprocess
 import sys
 import textwrap
 
@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
+import early
+from early import selected
 from faults import Poison
 from nested_research import NestedLearningOptimizer
 from nested_research.checkpoint import list_checkpoints
@@ -152,13 +154,28 @@ def test_bad_step_is_skipped_and_training_equals_a_run_without_the_batch(opt_nam
     assert hist.history["skipped_steps"] == [1]
 
     # Training continues as if the batch had never been drawn.
-    keep = np.r_[0:bad * BATCH, (bad + 1) * BATCH:N_BATCHES * BATCH]
-    ref, ref_guard, ref_snaps, ref_hist = train(opt_name, target, np.ones((len(keep), 1), "f4"),
-                                                x[keep], y[keep])
-    assert ref_guard.skipped_steps == 0
-    assert_same_state(state(model), state(ref))
-    assert hist.history["loss"] == ref_hist.history["loss"]
-    assert hist.history["accuracy"] == ref_hist.history["accuracy"]
+    ref_skipped, ref_state, ref_history = _without_batch(opt_name, target, bad)
+    assert ref_skipped == 0
+    assert_same_state(state(model), ref_state)
+    assert hist.history["loss"] == ref_history["loss"]
+    assert hist.history["accuracy"] == ref_history["accuracy"]
+
+
+#: (optimizer, fault target, left-out batch) -> the run without that batch: its guard's
+#: skipped steps, ``state(model)`` and history.  The inf and the nan case of a target train
+#: the same reference (``train`` starts from a fresh Keras session and seed every time).
+_REFERENCES: dict = {}
+
+
+def _without_batch(opt_name, target, bad):
+    key = (opt_name, target, bad)
+    if key not in _REFERENCES:
+        x, y, _ = make_data()
+        keep = np.r_[0:bad * BATCH, (bad + 1) * BATCH:N_BATCHES * BATCH]
+        ref, ref_guard, _, ref_hist = train(opt_name, target, np.ones((len(keep), 1), "f4"),
+                                            x[keep], y[keep])
+        _REFERENCES[key] = (ref_guard.skipped_steps, state(ref), ref_hist.history)
+    return _REFERENCES[key]
 
 
 @pytest.mark.parametrize("opt_name", ["nested_adaptive", "nested_none", "adamw", "nadam", "sgd",
@@ -299,19 +316,26 @@ def test_progress_bar_shows_skipped_steps_only_once_a_step_was_skipped(nan_steps
     assert results["metrics"]["train/skipped_steps"] == len(nan_steps)  # still in the history
 
 
-def test_cli_stops_after_k_nonfinite_losses_and_marks_the_run_failed(tmp_path, data_dir):
+def _cli_stops(tmp_path):
+    """The command line with NaN logits from step 5 on (a subprocess: its exit status)."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", WANDB_MODE="offline",
                NESTED_RESEARCH_OUTPUT_DIR=str(tmp_path / "out"),
                PYTHONPATH=os.pathsep.join([str(TESTS), str(ROOT),
                                            os.environ.get("PYTHONPATH", "")]))
     env.pop("WANDB_DIR", None)
-    proc = subprocess.run(
+    return functools.partial(
+        early.run,
         [sys.executable, "-m", "nested_research.train", "model._target_=faults.build_nan_mlp",
          "+model.nan_from_step=5", "trainer.max_nonfinite_steps=3", "trainer.max_steps=30",
          "trainer.checkpoint_every=2", "trainer.verbose=0", "logger.log_every=1",
          "logger.timing_every=0",
          f"logger.dir={tmp_path / 'w'}"],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+        env=env, cwd=ROOT, timeout=300)
+
+
+def test_cli_stops_after_k_nonfinite_losses_and_marks_the_run_failed(subprocesses):
+    tmp_path = subprocesses["cli_stops"]
+    proc = subprocesses["runs"].result("cli_stops")
     assert proc.returncode == 1, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if "nested_research.train: error:" in line]
     assert len(errors) == 1, proc.stderr[-3000:]
@@ -400,13 +424,37 @@ MIRRORED = textwrap.dedent("""
 """)
 
 
-def test_mirrored_replicas_skip_together(tmp_path):
-    out = tmp_path / "mirrored.json"
+def _mirrored(tmp_path):
+    """MIRRORED in a subprocess (logical devices are process-wide), writing ``mirrored.json``."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
                PYTHONPATH=os.pathsep.join([str(TESTS), str(ROOT),
                                            os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, "-c", MIRRORED, str(out)], capture_output=True,
-                          text=True, env=env, timeout=300, cwd=ROOT)
+    return functools.partial(
+        early.run, [sys.executable, "-c", MIRRORED, str(tmp_path / "mirrored.json")],
+        env=env, timeout=300, cwd=ROOT)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def subprocesses(request, tmp_path_factory, digits_prepared):
+    """The two subprocess tests' processes, one after the other in a thread from the module's
+    first test on (tests/early.py), with the environment of that moment; their tests come
+    last.  ``{"cli_stops": dir, "mirrored": dir, "runs": Early}``."""
+    found, jobs = {}, {}
+    for name, test, command in [
+            ("cli_stops", "test_cli_stops_after_k_nonfinite_losses_and_marks_the_run_failed",
+             _cli_stops),
+            ("mirrored", "test_mirrored_replicas_skip_together", _mirrored)]:
+        if selected(request, test):
+            found[name] = tmp_path_factory.mktemp(name)
+            jobs[name] = command(found[name])
+    found["runs"] = early.Early(jobs)
+    yield found
+    found["runs"].close()
+
+
+def test_mirrored_replicas_skip_together(subprocesses):
+    out = subprocesses["mirrored"] / "mirrored.json"
+    proc = subprocesses["runs"].result("mirrored")
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(out.read_text())
     bad, ref = got["bad"], got["ref"]

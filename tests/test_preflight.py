@@ -2,12 +2,13 @@
 
 import json
 import pathlib
-import sys
 
 import pytest
 from hydra import compose, initialize_config_dir
 
 from nested_research import preflight, train
+
+from inprocess import main_in_process
 
 CONF = pathlib.Path(__file__).resolve().parents[1] / "conf"
 TINY = ["optimizer=adam", "logger=none", "trainer.max_steps=2", "trainer.epochs=1",
@@ -30,11 +31,7 @@ def preflight_calls(monkeypatch):
 def test_command_line_job_checks_once(tmp_path, data_dir, monkeypatch, preflight_calls):
     """The Hydra callback checks before the run directory exists; ``main`` does not again."""
     run_dir = tmp_path / "run"
-    # (in process, Hydra looks for conf/ as a package: --config-path names the folder)
-    monkeypatch.setattr(sys, "argv", ["nested_research.train", f"--config-path={CONF}", *TINY,
-                                      f"hydra.run.dir={run_dir}", "hydra/job_logging=disabled",
-                                      "hydra/hydra_logging=disabled"])
-    train.main()
+    main_in_process(monkeypatch, *TINY, f"hydra.run.dir={run_dir}")
     assert preflight_calls == [str(run_dir)]
     assert json.loads((run_dir / "results.json").read_text())["steps"] == 2
     assert not train._PREFLIGHTED  # main took the callback's record

@@ -7,11 +7,13 @@ dropout, W&B offline, ``trainer.deterministic=true``, 3 epochs of 21 batches, a 
 once resuming that run.  Everything the two finished runs wrote must be equal: results,
 progress rows, final weights, the final checkpoint's optimizer state, and the W&B history read
 back from the offline ``.wandb`` files (each ``trainer/step`` exactly once across the two files
-of the resumed run).
+of the resumed run).  The three runs start with the session's first test and go on beside the
+other tests (tests/early.py).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pathlib
@@ -35,6 +37,10 @@ from nested_research.resume import Resume
 from nested_research.train import ConfigError, run
 from nested_research.wandb_reader import read_run
 
+import early
+from conftest import prepare_digits
+from inprocess import cli_in_process
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 EPOCHS, BATCH, EVERY, KILL_AT = 3, 64, 8, 45
@@ -44,15 +50,6 @@ COMMON = [f"trainer.epochs={EPOCHS}", f"trainer.batch_size={BATCH}",
           "trainer.deterministic=true", "trainer.verbose=0", f"trainer.checkpoint_every={EVERY}",
           "model.dropout=0.1", "logger.log_every=1", "logger.stats_every=4",
           "logger.timing_every=0"]
-
-
-@pytest.fixture(scope="module")
-def data_dir(data_dir):
-    """The session's data dir (conftest), with digits prepared before any run starts."""
-    from nested_research.data import load_splits
-
-    load_splits("sklearn_digits", data_dir, batch_size=BATCH, seed=0)
-    return data_dir
 
 
 def _env(out, **extra):
@@ -68,10 +65,10 @@ def _env(out, **extra):
     return env
 
 
-def _train(*args, out, **extra):
-    return subprocess.Popen([sys.executable, "-m", "nested_research.train", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=_env(out, **extra), cwd=ROOT)
+def _train(*args, env):
+    return early.popen([sys.executable, "-m", "nested_research.train", *args],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                       env=env, cwd=ROOT)
 
 
 def _wait(proc, timeout=600):
@@ -104,35 +101,60 @@ def _tree(path) -> dict:
     return out
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory, data_dir):
+def session_jobs(request, tmp_path_factory, data_dir):
+    """The three command-line runs (uninterrupted, killed, resumed), started with the session
+    (tests/early.py, conftest's ``early_session``) when a test reads ``runs``; their
+    environments are taken now."""
+    module = sys.modules[__name__]
+    if not any(getattr(item, "module", None) is module and "runs" in item.fixturenames
+               for item in request.session.items):
+        return {}
+    prepare_digits(data_dir)  # before any run starts
     base = tmp_path_factory.mktemp("resume")
+    envs = {"a": _env(base / "out_a"), "r": _env(base / "out_b"),
+            "b": _env(base / "out_b", **{ckpt_mod.KILL_ENV: str(KILL_AT)})}
+    return {"resume_runs": functools.partial(_resume_runs, base, envs)}
+
+
+def _resume_runs(base, envs):
     out_a, out_b = base / "out_a", base / "out_b"
     dir_a, dir_b = out_a / "runs" / "a", out_b / "runs" / "b"
-    proc_a = _train(*COMMON, f"hydra.run.dir={dir_a}", out=out_a)
-    proc_b = _train(*COMMON, f"hydra.run.dir={dir_b}", out=out_b,
-                    **{ckpt_mod.KILL_ENV: str(KILL_AT)})
-    code_b, _, err_b = _wait(proc_b)
-    code_a, _, err_a = _wait(proc_a)
+    proc_a = _train(*COMMON, f"hydra.run.dir={dir_a}", env=envs["a"])
+    try:
+        proc_b = _train(*COMMON, f"hydra.run.dir={dir_b}", env=envs["b"])
+        code_b, _, err_b = _wait(proc_b)
+        assert code_b == -signal.SIGKILL, (code_b, err_b[-3000:])
+        _settle(list((out_b / "wandb").rglob("*.wandb")))
+        killed = base / "killed_copy"  # the interrupted run as it was, for the refusal tests
+        shutil.copytree(dir_b, killed)
+        killed_state = {
+            "checkpoints": [(s, os.path.basename(p)) for s, p in list_checkpoints(str(dir_b))],
+            "tmp": [n for n in os.listdir(dir_b / "checkpoints") if n.startswith(".tmp")],
+            "progress": (dir_b / "progress.jsonl").read_text().splitlines(),
+            "results": (dir_b / "results.json").exists(),
+        }
+        # The resumed run starts while the uninterrupted one still finishes (both own their
+        # output and W&B directories).
+        started = time.perf_counter()
+        proc_r = _train(*COMMON, f"trainer.resume={dir_b}",
+                        f"hydra.run.dir={base / 'resume_job'}", env=envs["r"])
+        code_r, out_r, err_r = _wait(proc_r)
+        resume_seconds = time.perf_counter() - started
+        code_a, _, err_a = _wait(proc_a)
+    finally:
+        if proc_a.poll() is None:  # a failed assertion above: no run left behind
+            proc_a.kill()
+            proc_a.wait()
     assert code_a == 0, err_a[-3000:]
-    assert code_b == -signal.SIGKILL, (code_b, err_b[-3000:])
-    _settle(list((out_b / "wandb").rglob("*.wandb")))
-    killed = base / "killed_copy"  # the interrupted run as it was, for the refusal tests
-    shutil.copytree(dir_b, killed)
-    killed_state = {
-        "checkpoints": [(s, os.path.basename(p)) for s, p in list_checkpoints(str(dir_b))],
-        "tmp": [n for n in os.listdir(dir_b / "checkpoints") if n.startswith(".tmp")],
-        "progress": (dir_b / "progress.jsonl").read_text().splitlines(),
-        "results": (dir_b / "results.json").exists(),
-    }
-    started = time.perf_counter()
-    proc_r = _train(*COMMON, f"trainer.resume={dir_b}", f"hydra.run.dir={base / 'resume_job'}",
-                    out=out_b)
-    code_r, out_r, err_r = _wait(proc_r)
     assert code_r == 0, err_r[-3000:]
     return {"a": dir_a, "b": dir_b, "out_a": out_a, "out_b": out_b, "killed": killed,
             "killed_state": killed_state, "resume_stdout": out_r,
-            "resume_seconds": time.perf_counter() - started, "base": base}
+            "resume_seconds": resume_seconds, "base": base}
+
+
+@pytest.fixture(scope="module")
+def runs(early_session):
+    return early_session.result("resume_runs")
 
 
 def _results(run_dir):
@@ -226,12 +248,20 @@ def test_resumed_wandb_run_has_every_step_once(runs):
 
 
 # ---------------------------------------------------------------- refusals: nothing touched
-def test_checkpoint_of_another_model_is_refused_cli(runs, tmp_path):
-    """model=cnn on a digits-MLP checkpoint: one error line, exit 2, nothing written anywhere."""
+def test_checkpoint_of_another_model_is_refused_cli(runs, tmp_path, monkeypatch, capsys):
+    """model=cnn on a digits-MLP checkpoint: one error line, exit 2, nothing written anywhere.
+
+    The command line in this process (tests/inprocess.py), in ``_train``'s environment."""
     before = _tree(runs["killed"])
     out = tmp_path / "out"
-    code, _, err = _wait(_train(*COMMON, "model=cnn", f"trainer.resume={runs['killed']}",
-                                out=out))
+    for key in os.environ.keys() - _env(out).keys():
+        monkeypatch.delenv(key)
+    for key, value in _env(out).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(ROOT)
+    proc = cli_in_process(monkeypatch, capsys, *COMMON, "model=cnn",
+                          f"trainer.resume={runs['killed']}")
+    code, err = proc.returncode, proc.stderr
     assert code == 2, err[-2000:]
     lines = [line for line in err.splitlines() if line.startswith("nested_research.train:")]
     assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
@@ -244,7 +274,7 @@ def test_checkpoint_of_another_model_is_refused_cli(runs, tmp_path):
     assert not out.exists()  # not even Hydra's run directory or a wandb/ folder
 
 
-def test_checkpoint_of_other_hidden_sizes_is_refused(runs, data_dir):
+def test_checkpoint_of_other_hidden_sizes_is_refused(runs, digits_prepared):
     before = _tree(runs["killed"])
     cfg = _cfg(*COMMON, "model.hidden_units=[32]",
                f"trainer.resume={runs['killed']}")
@@ -257,7 +287,7 @@ def test_checkpoint_of_other_hidden_sizes_is_refused(runs, data_dir):
     assert not (runs["base"] / "unused").exists()
 
 
-def test_resume_of_missing_or_empty_dir_is_a_clear_error(tmp_path, data_dir):
+def test_resume_of_missing_or_empty_dir_is_a_clear_error(tmp_path, digits_prepared):
     missing = tmp_path / "nope"
     with pytest.raises(ConfigError, match=r"trainer.resume='.*nope': no such directory"):
         run(_cfg("logger=none", f"trainer.resume={missing}"), str(tmp_path / "x"))
@@ -271,7 +301,7 @@ def test_resume_of_missing_or_empty_dir_is_a_clear_error(tmp_path, data_dir):
     assert not missing.exists() and not (tmp_path / "x").exists()
 
 
-def test_resume_of_a_finished_run_is_refused(runs, data_dir):
+def test_resume_of_a_finished_run_is_refused(runs, digits_prepared):
     with pytest.raises(ConfigError, match="already finished"):
         run(_cfg(*COMMON, f"trainer.resume={runs['a']}"), str(runs["base"] / "unused2"))
 

@@ -1,15 +1,19 @@
 """Sweep definitions, the local sweep runner, and the comparison / ablation studies."""
 
 import csv
+import functools
 import json
 import pathlib
 import subprocess
 import sys
+from unittest import mock
 
 import pytest
 import yaml
 
 from nested_research.sweep import LocalSweep, expand_command, hydra_overrides, load_sweep
+
+from early import Early, selected
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
@@ -59,56 +63,68 @@ def _write(tmp_path, config):
 
 COMMAND = ["${env}", "${interpreter}", "-m", "${program}", "${args_no_hyphens}"]
 
+RANDOM_SWEEP = {
+    "name": "tiny_random", "program": "nested_research.train", "method": "random",
+    "metric": {"name": "val/accuracy", "goal": "maximize"},
+    "parameters": {
+        "memory": {"values": ["attention", "fixed"]},
+        "optimizer.learning_rate": {"distribution": "log_uniform_values",
+                                    "min": 1e-4, "max": 1e-2},
+        # half of the trials get an invalid decay: they must fail, not stop the sweep
+        "memory.short_term_decay": {"values": [0.9, 1.5]},
+    },
+    "command": COMMAND,
+}
+HYPERBAND_SWEEP = {
+    "name": "tiny_hyperband", "program": "nested_research.train", "method": "grid",
+    "metric": {"name": "val/accuracy", "goal": "maximize"},
+    "early_terminate": {"type": "hyperband", "min_iter": 1, "eta": 2},
+    # hyperband keeps the top 1/eta at each band: the third, hopeless trial is cut
+    "parameters": {"optimizer.learning_rate": {"values": [0.003, 0.001, 0.000001]}},
+    "command": COMMAND,
+}
 
-def test_local_random_sweep_records_failures_and_goes_on(tmp_path, data_dir):
-    config = {
-        "name": "tiny_random", "program": "nested_research.train", "method": "random",
-        "metric": {"name": "val/accuracy", "goal": "maximize"},
-        "parameters": {
-            "memory": {"values": ["attention", "fixed"]},
-            "optimizer.learning_rate": {"distribution": "log_uniform_values",
-                                        "min": 1e-4, "max": 1e-2},
-            # half of the trials get an invalid decay: they must fail, not stop the sweep
-            "memory.short_term_decay": {"values": [0.9, 1.5]},
-        },
-        "command": COMMAND,
-    }
+
+def _random_sweep(tmp_path):
+    """``(sweep, trials)``: 4 trials of RANDOM_SWEEP in ``tmp_path / "sweep"``."""
+    import random
+
+    import sweeps.params
+
     out = tmp_path / "sweep"
-    sweep = LocalSweep(load_sweep(_write(tmp_path, config)), str(out),
+    sweep = LocalSweep(load_sweep(_write(tmp_path, RANDOM_SWEEP)), str(out),
                        ["logger=none", "trainer.max_steps=3", "trainer.epochs=1",
                         "trainer.verbose=0"], poll=0.2)
-    trials = sweep.run(4)
-    states = {t.name: (t.state, t.params["memory.short_term_decay"]) for t in trials}
-    assert len(trials) == 4
-    for state, decay in states.values():
-        assert state == ("failed" if decay == 1.5 else "finished")
-    ok = [t for t in trials if t.state == "finished"]
-    assert ok and all(0.0 <= t.metric <= 1.0 for t in ok)
-    record = json.loads((out / "sweep.json").read_text())
-    assert len(record["trials"]) == 4
-    board = sweep.leaderboard()
-    assert board.count("\n") == 1 + 4 and "tiny_random" not in board.splitlines()[0]
-    # resuming runs only new trials
-    again = LocalSweep(load_sweep(_write(tmp_path, config)), str(out), sweep.extra)
-    assert len(again.trials) == 4
+    # The engine samples with the `random` module.  Its own generator, seeded as conftest
+    # seeds each test, draws the same trials while tests running meanwhile reseed the global.
+    with mock.patch.object(sweeps.params, "random", random.Random(0)):
+        return sweep, sweep.run(4)
 
 
-def test_local_hyperband_sweep_stops_a_bad_trial(tmp_path, data_dir):
-    config = {
-        "name": "tiny_hyperband", "program": "nested_research.train", "method": "grid",
-        "metric": {"name": "val/accuracy", "goal": "maximize"},
-        "early_terminate": {"type": "hyperband", "min_iter": 1, "eta": 2},
-        # hyperband keeps the top 1/eta at each band: the third, hopeless trial is cut
-        "parameters": {"optimizer.learning_rate": {"values": [0.003, 0.001, 0.000001]}},
-        "command": COMMAND,
-    }
-    sweep = LocalSweep(load_sweep(_write(tmp_path, config)), str(tmp_path / "hb"),
+def _hyperband_sweep(tmp_path):
+    """The 3 trials of HYPERBAND_SWEEP (good, also good, bad)."""
+    sweep = LocalSweep(load_sweep(_write(tmp_path, HYPERBAND_SWEEP)), str(tmp_path / "hb"),
                        ["logger=none", "trainer.epochs=8", "trainer.batch_size=16",
                         "trainer.verbose=0", "lr_schedule=constant"], poll=0.05)
-    good, also_good, bad = sweep.run(3)
-    assert good.state == also_good.state == "finished" and len(good.history) == 8
-    assert bad.state == "stopped" and len(bad.history) < 8
-    assert bad.metric < min(good.metric, also_good.metric)
+    return sweep.run(3)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_sweeps(request, tmp_path_factory, digits_prepared):
+    """The two local sweeps (7 training subprocesses), one after the other in a thread from
+    the module's first test on (tests/early.py); the tests that read them come last here.
+    Nothing else in this module changes the environment or the working directory, which
+    each trial's subprocess inherits.  ``{"random": dir, "hyperband": dir, "runs": Early}``."""
+    found, jobs = {}, {}
+    for name, test, run in [
+            ("random", "test_local_random_sweep_records_failures_and_goes_on", _random_sweep),
+            ("hyperband", "test_local_hyperband_sweep_stops_a_bad_trial", _hyperband_sweep)]:
+        if selected(request, test):
+            found[name] = tmp_path_factory.mktemp(f"{name}_sweep")
+            jobs[name] = functools.partial(run, found[name])
+    found["runs"] = Early(jobs)
+    yield found
+    found["runs"].close()
 
 
 def test_sweep_cli_rejects_bad_file(tmp_path):
@@ -130,6 +146,17 @@ def _run_script(name, out, extra=()):
     return module
 
 
+def _fewer_steps(monkeypatch, workloads):
+    """The default run's quick workloads (``--workloads`` given) take 2 steps per run instead
+    of a few more: the tables, plots and resume checked here do not depend on how far the
+    runs get (the slow, all-workload runs keep the study's quick sizes)."""
+    from nested_research import study
+
+    for name in workloads or ():
+        kept = [o for o in study.QUICK_WORKLOADS[name] if not o.startswith("trainer.max_steps=")]
+        monkeypatch.setitem(study.QUICK_WORKLOADS, name, kept + ["trainer.max_steps=2"])
+
+
 def _table_rows(path):
     with open(path) as fh:
         return list(csv.DictReader(fh))
@@ -139,7 +166,8 @@ def _table_rows(path):
     ["digits_mlp"],
     pytest.param(None, marks=pytest.mark.slow),   # all three: same code path, 3x longer
 ])
-def test_compare_optimizers_quick(workloads, tmp_path, data_dir):
+def test_compare_optimizers_quick(workloads, tmp_path, data_dir, monkeypatch):
+    _fewer_steps(monkeypatch, workloads)
     out = tmp_path / "compare"
     extra = ["--workloads", *workloads] if workloads else []
     module = _run_script("compare_optimizers", out, extra)
@@ -167,7 +195,8 @@ def test_compare_optimizers_quick(workloads, tmp_path, data_dir):
     ["digits_mlp"],
     pytest.param(None, marks=pytest.mark.slow),   # all three: same code path, 3x longer
 ])
-def test_ablation_quick(workloads, tmp_path, data_dir):
+def test_ablation_quick(workloads, tmp_path, data_dir, monkeypatch):
+    _fewer_steps(monkeypatch, workloads)
     out = tmp_path / "ablation"
     module = _run_script("ablation", out, ["--workloads", *workloads] if workloads else [])
     rows = _table_rows(out / "ablation.csv")
@@ -182,3 +211,30 @@ def test_ablation_quick(workloads, tmp_path, data_dir):
     compressed = [json.loads(p.read_text())["config"] for p in runs if "compression_r4" in str(p)]
     assert compressed and all(c["optimizer"]["params"]["compression_rank"] == 4
                               for c in compressed)
+
+
+# ---------------------------------------------------------------- local sweeps (started early)
+def test_local_random_sweep_records_failures_and_goes_on(local_sweeps):
+    sweep, trials = local_sweeps["runs"].result("random")
+    tmp_path = local_sweeps["random"]
+    config, out = RANDOM_SWEEP, tmp_path / "sweep"
+    states = {t.name: (t.state, t.params["memory.short_term_decay"]) for t in trials}
+    assert len(trials) == 4
+    for state, decay in states.values():
+        assert state == ("failed" if decay == 1.5 else "finished")
+    ok = [t for t in trials if t.state == "finished"]
+    assert ok and all(0.0 <= t.metric <= 1.0 for t in ok)
+    record = json.loads((out / "sweep.json").read_text())
+    assert len(record["trials"]) == 4
+    board = sweep.leaderboard()
+    assert board.count("\n") == 1 + 4 and "tiny_random" not in board.splitlines()[0]
+    # resuming runs only new trials
+    again = LocalSweep(load_sweep(_write(tmp_path, config)), str(out), sweep.extra)
+    assert len(again.trials) == 4
+
+
+def test_local_hyperband_sweep_stops_a_bad_trial(local_sweeps):
+    good, also_good, bad = local_sweeps["runs"].result("hyperband")
+    assert good.state == also_good.state == "finished" and len(good.history) == 8
+    assert bad.state == "stopped" and len(bad.history) < 8
+    assert bad.metric < min(good.metric, also_good.metric)

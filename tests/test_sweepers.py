@@ -9,7 +9,6 @@ checked to compose; a one-job submitit run is a slow test.
 """
 
 import json
-import logging
 import os
 import pathlib
 import subprocess
@@ -18,36 +17,18 @@ import sys
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
+
+from inprocess import main_in_process
 
 CONF = pathlib.Path(__file__).resolve().parents[1] / "conf"
 TINY = ["logger=none", "trainer.max_steps=3", "trainer.verbose=0"]
-
-
-def _main_in_process(monkeypatch, *args):
-    """``python -m nested_research.train *args`` in this process (Hydra's state and the root
-    logger's handlers restored afterwards)."""
-    from nested_research import train
-
-    # Imported, main's module is not __main__: Hydra would look for conf/ as a Python package.
-    monkeypatch.setattr(sys, "argv", ["nested_research.train", f"--config-path={CONF}", *args])
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    try:
-        train.main()
-    finally:
-        GlobalHydra.instance().clear()
-        for handler in root.handlers:
-            if handler not in handlers:
-                handler.close()
-        root.handlers[:], root.level = handlers, level
 
 
 def test_optuna_sweep_best_value_is_the_best_runs_monitor(tmp_path, data_dir, monkeypatch):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     monkeypatch.setenv("NESTED_RESEARCH_OUTPUT_DIR", str(tmp_path))
     # trainer.monitor_mode is "max" (val/accuracy): the study maximizes.
-    _main_in_process(monkeypatch, "--multirun", "hydra/sweeper=optuna",
+    main_in_process(monkeypatch, "--multirun", "hydra/sweeper=optuna",
                      "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=1",
                      "hydra.sweeper.direction=${trainer.monitor_mode}imize",
                      "hydra.sweeper.sampler.seed=0",
@@ -70,7 +51,7 @@ def test_optuna_direction_must_follow_monitor_mode(tmp_path, data_dir, monkeypat
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     monkeypatch.setenv("NESTED_RESEARCH_OUTPUT_DIR", str(tmp_path))
     with pytest.raises(SystemExit) as exit_:
-        _main_in_process(monkeypatch, "--multirun", "hydra/sweeper=optuna",
+        main_in_process(monkeypatch, "--multirun", "hydra/sweeper=optuna",
                          "hydra.sweeper.n_trials=2", *TINY)
     assert exit_.value.code == 2
     err = capsys.readouterr().err

@@ -1,10 +1,10 @@
 """The Hydra framework: every config option composes and builds; the entry point runs."""
 
+import functools
 import json
 import os
 import pathlib
 import re
-import subprocess
 import sys
 
 import keras
@@ -16,11 +16,17 @@ from omegaconf import OmegaConf
 from nested_research import NestedLearningOptimizer
 from nested_research.train import ConfigError, build_optimizer, check_trainer, run, validate
 
+import early
+from early import selected
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir())
 OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF / g).glob("*.yaml"))]
 TINY_RECALL = ["data.builder_kwargs.config.num_train=256", "data.builder_kwargs.config.num_test=64"]
+# One Transformer block instead of two for the tiny runs: tracing its training step is most of
+# such a run (what is checked, that the job runs through, does not depend on the depth).
+TINY_TRANSFORMER = ["model.num_layers=1"]
 
 
 def cfg_for(*overrides):
@@ -107,18 +113,28 @@ def test_compose_and_instantiate_every_option(group, option, data_dir):
         assert cfg[group]
 
 
-def _tiny(tmp_path, *overrides, steps=4):
+#: Tiny runs shared by tests that run the same composed config (``_tiny(share=True)``): the
+#: default memory option and the default model are one job.
+_SHARED: dict = {}
+
+
+def _tiny(tmp_path, *overrides, steps=4, share=False):
     cfg = cfg_for("logger=none", f"trainer.max_steps={steps}", "trainer.epochs=1",
                   "trainer.verbose=0", *overrides)
+    key = OmegaConf.to_yaml(cfg)
+    if share and key in _SHARED:
+        return _SHARED[key]
     out = tmp_path / "run"
     value = run(cfg, str(out))
     results = json.loads((out / "results.json").read_text())
+    if share:
+        _SHARED[key] = value, results
     return value, results
 
 
 @pytest.mark.parametrize("memory", ["attention", "fixed", "adaptive", "none"])
 def test_main_entry_every_memory_option(memory, tmp_path, data_dir):
-    value, results = _tiny(tmp_path, f"memory={memory}")
+    value, results = _tiny(tmp_path, f"memory={memory}", share=True)
     assert results["steps"] == 4
     assert results["config"]["memory"]["memory_blend_mode"] == memory
     assert value == results["metrics"]["val/accuracy"] == results["monitor_value"]
@@ -126,15 +142,16 @@ def test_main_entry_every_memory_option(memory, tmp_path, data_dir):
 
 
 @pytest.mark.parametrize("model,extra", [("mlp", []), ("cnn", []),
-                                         ("transformer", ["data=recall"] + TINY_RECALL)])
+                                         ("transformer",
+                                          ["data=recall"] + TINY_RECALL + TINY_TRANSFORMER)])
 def test_main_entry_every_model(model, extra, tmp_path, data_dir):
-    value, results = _tiny(tmp_path, f"model={model}", *extra)
+    value, results = _tiny(tmp_path, f"model={model}", *extra, share=True)
     assert results["steps"] == 4 and np.isfinite(results["metrics"]["train/loss"])
 
 
 @pytest.mark.parametrize("experiment", sorted(o for g, o in OPTIONS if g == "experiment"))
 def test_one_run_per_experiment(experiment, tmp_path, data_dir):
-    extra = TINY_RECALL if "recall" in experiment else []
+    extra = TINY_RECALL + TINY_TRANSFORMER if "recall" in experiment else []
     value, results = _tiny(tmp_path, f"experiment={experiment}", *extra, steps=3)
     assert results["config"]["experiment_name"] == experiment and results["steps"] == 3
 
@@ -178,34 +195,66 @@ def test_validate_rejects_bad_values(override, needle, data_dir):
 
 
 def _cli(*args, env_extra=None, cwd=None):
-    """The CLI in a subprocess, with the package's own TF_CPP_MIN_LOG_LEVEL default."""
+    """The CLI in a subprocess, with the package's own TF_CPP_MIN_LOG_LEVEL default: a call
+    that runs it with the environment and working directory of now (tests/early.py)."""
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     env.update(WANDB_MODE="offline", **(env_extra or {}))
-    return subprocess.run([sys.executable, "-m", "nested_research.train", *args],
-                          capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+    return functools.partial(
+        early.run, [sys.executable, "-m", "nested_research.train", *args],
+        env=env, cwd=cwd or os.getcwd(), timeout=300)
 
 
-def test_cli_bad_input_short_message_no_data_built(tmp_path):
-    fresh = tmp_path / "never_created"
-    env = {"NESTED_RESEARCH_DATA_DIR": str(fresh), "NESTED_RESEARCH_OUTPUT_DIR": str(tmp_path)}
-    bad_value = _cli("memory.short_term_decay=1.5", env_extra=env)
+def _cli_bad_input(tmp_path):
+    env = {"NESTED_RESEARCH_DATA_DIR": str(tmp_path / "never_created"),
+           "NESTED_RESEARCH_OUTPUT_DIR": str(tmp_path)}
+    commands = [_cli("memory.short_term_decay=1.5", env_extra=env),
+                _cli("trainer.batch_size=big", env_extra=env),
+                _cli("memory=telepathy", env_extra=env)]
+    return lambda: [command() for command in commands]
+
+
+def _cli_cfg_job_and_multirun(tmp_path):
+    env = {"NESTED_RESEARCH_OUTPUT_DIR": str(tmp_path)}
+    commands = [_cli("--cfg", "job", "memory=fixed", env_extra=env),
+                _cli("-m", "memory=attention,fixed", "logger=none", "trainer.max_steps=3",
+                     "trainer.verbose=0", env_extra=env)]
+    return lambda: [command() for command in commands]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cli_runs(request, tmp_path_factory, digits_prepared):
+    """The command-line tests' processes, one after the other in a thread from the module's
+    first test on (tests/early.py); their tests come last.  ``{test name: dir, "runs": Early}``.
+    """
+    found, jobs = {}, {}
+    for test, commands in [("test_cli_bad_input_short_message_no_data_built", _cli_bad_input),
+                           ("test_cli_cfg_job_and_multirun", _cli_cfg_job_and_multirun)]:
+        if selected(request, test):
+            found[test] = tmp_path_factory.mktemp(test[len("test_"):][:30])
+            jobs[test] = commands(found[test])
+    found["runs"] = early.Early(jobs)
+    yield found
+    found["runs"].close()
+
+
+def test_cli_bad_input_short_message_no_data_built(cli_runs):
+    name = "test_cli_bad_input_short_message_no_data_built"
+    fresh = cli_runs[name] / "never_created"
+    bad_value, bad_type, unknown = cli_runs["runs"].result(name)
     assert bad_value.returncode == 2
     assert "short_term_decay=1.5" in bad_value.stderr and "Traceback" not in bad_value.stderr
-    bad_type = _cli("trainer.batch_size=big", env_extra=env)
     assert bad_type.returncode == 2 and "trainer.batch_size='big'" in bad_type.stderr
-    unknown = _cli("memory=telepathy", env_extra=env)
     assert unknown.returncode != 0
     assert "telepathy" in unknown.stderr and "attention" in unknown.stderr
     assert "Traceback" not in unknown.stderr
     assert not fresh.exists()
 
 
-def test_cli_cfg_job_and_multirun(tmp_path, data_dir):
-    env = {"NESTED_RESEARCH_OUTPUT_DIR": str(tmp_path)}
-    shown = _cli("--cfg", "job", "memory=fixed", env_extra=env)
+def test_cli_cfg_job_and_multirun(cli_runs):
+    name = "test_cli_cfg_job_and_multirun"
+    tmp_path = cli_runs[name]
+    shown, multi = cli_runs["runs"].result(name)
     assert shown.returncode == 0 and "memory_blend_mode: fixed" in shown.stdout
-    multi = _cli("-m", "memory=attention,fixed", "logger=none", "trainer.max_steps=3",
-                 "trainer.verbose=0", env_extra=env)
     assert multi.returncode == 0, multi.stderr[-2000:]
     # A quiet console by default: no TensorFlow C++ INFO line ("I0000 00:00:17... port.cc:153]
     # oneDNN custom operations are on", "I tensorflow/...") nor absl's pre-init notice.
