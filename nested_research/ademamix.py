@@ -85,6 +85,8 @@ class AdEMAMix(FamilyOptimizer):
 
     HPARAMS = {"ademamix": AdEMAMixParams, **FamilyOptimizer.HPARAMS}
     DEFAULT_NAME = "ademamix"
+    #: ``slots`` names -> the family-wide state roles (``state_norms.py``).
+    STATE_ROLES = {"m1": "fast", "m2": "slow", "nu": "second"}
 
     def __init__(self, learning_rate=0.001, name=None, weight_decay=0.0, **kwargs):
         super().__init__(learning_rate=learning_rate, name=name, weight_decay=weight_decay,

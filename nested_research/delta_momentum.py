@@ -119,6 +119,8 @@ class DeltaMomentum(FamilyOptimizer):
     HPARAMS = {"delta_momentum": DeltaMomentumParams, **FamilyOptimizer.HPARAMS}
     LEADING = (("learning_rate", 0.1),)
     DEFAULT_NAME = "delta_momentum"
+    #: ``slots`` names -> the family-wide state roles (``state_norms.py``).
+    STATE_ROLES = {"momentum": "fast", "velocity": "second"}
 
     def __init__(self, learning_rate=0.1, name=None, weight_decay=0.0, **kwargs):
         super().__init__(learning_rate=learning_rate, name=name, weight_decay=weight_decay,

@@ -161,6 +161,8 @@ class M3(FamilyOptimizer):
     HPARAMS = {"m3": M3Params, **FamilyOptimizer.HPARAMS}
     LEADING = (("learning_rate", 3e-5),)
     DEFAULT_NAME = "m3"
+    #: ``slots`` names -> the family-wide state roles (``state_norms.py``).
+    STATE_ROLES = {"m1": "fast", "m2": "slow", "v": "second"}
 
     def __init__(self, learning_rate=3e-5, name=None, weight_decay=0.0, **kwargs):
         super().__init__(learning_rate=learning_rate, name=name, weight_decay=weight_decay,

@@ -123,6 +123,9 @@ class NestedLearningOptimizer(DepthRegistry, FamilyOptimizer):
                "compression": compression.CompressionParams, "moments": MomentParams,
                "epoch_lr": EpochParams, "state": StateParams, **FamilyOptimizer.HPARAMS}
     DEFAULT_NAME = "nested_learning"
+    #: ``slots`` names -> the family-wide state roles (``state_norms.py``).
+    STATE_ROLES = {"short": "fast", "medium": "medium", "long": "slow", "momentum": "fast",
+                   "velocity": "second"}
 
     def __init__(self, learning_rate=0.001, name=None, **kwargs):
         epoch = EpochParams(**{k: kwargs[k] for k in EpochParams.names() if k in kwargs})

@@ -34,6 +34,7 @@ from nested_research.checks import check_choice, check_int
 from nested_research.optimizer_probes import base_optimizer, has_layer_stats
 from nested_research.schedule_report import (HEATMAP_CAP, SCHEDULE_COLUMNS, render_heatmap,
                                              schedule_rows)
+from nested_research.state_norms import KEYS as STATE_KEYS
 from nested_research.stats import FIELDS, Layout, format_table
 from nested_research.tracking_callback import TrackingCallback
 from nested_research.wandb_rows import AsyncLog, RowJournal, logged_extent
@@ -247,21 +248,25 @@ class WandbTracker:
                                                      data=cb.lr_rows()),
                           "trainer/step": cb.step})
         base = base_optimizer(optimizer) if optimizer is not None else (cb.opt if cb else None)
-        if base is None or not has_layer_stats(base) or not base.built:
+        if base is None or not base.built:
             return
+        step = int(keras.ops.convert_to_numpy(base.iterations))
         if cb is not None:
             stats = cb.read_stats() or {}
-            layout = cb.reader.layout
-            step = int(keras.ops.convert_to_numpy(base.iterations))
         else:
-            stats, layout = base.memory_stats(), Layout(base)
-            step = int(keras.ops.convert_to_numpy(base.iterations))
+            stats = base.memory_stats() if has_layer_stats(base) else {}
         row = {"trainer/step": step}
         if stats:
-            fields = [f for f in FIELDS if any(r.get(f) is not None for r in stats.values())]
+            fields = [f for f in FIELDS + tuple(STATE_KEYS.values())
+                      if any(r.get(f) is not None for r in stats.values())]
             row["layers/final"] = wandb.Table(
                 columns=["layer"] + fields,
                 data=[[layer] + [r.get(f) for f in fields] for layer, r in stats.items()])
+        if not has_layer_stats(base):
+            if stats:
+                self.run.log(row)
+            return
+        layout = cb.reader.layout if cb is not None else Layout(base)
         row["schedule/table"] = wandb.Table(columns=SCHEDULE_COLUMNS,
                                             data=schedule_rows(layout, stats, step))
         out_dir = self.run_dir or self.wandb_run_dir or "."

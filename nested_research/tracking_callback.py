@@ -9,6 +9,11 @@ every ``log_every`` steps (default 10; 1 logs every step)
     0-based index), ``timing/step_ms`` (mean wall time per step since the
     previous logged row, measured between batch ends).
 every ``stats_every`` steps (the optimizer's in-step statistics period; 0: off)
+    ``layers/<layer>/state/...`` for every optimizer: its state's norms under
+    one naming scheme (``state/fast_norm``, ``state/medium_norm``,
+    ``state/slow_norm``, ``state/second_rms``; ``state_norms.py``), so Adam's
+    ``m`` sits beside AdEMAMix's ``m1`` and the nested short tier, and
+    AdEMAMix's slow EMA beside the nested long tier.  And for the nested optimizer
     ``layers/<layer>/<field>`` for every field of ``memory_stats()`` (see
     ``stats.py``): tier norms, retrieval weights, gradient/tier cosines,
     gradient, update and parameter norms, update-to-weight ratio, depth,
@@ -41,6 +46,7 @@ import numpy as np
 
 from nested_research.optimizer_probes import (LearningRateLog, OptimizerTimer, base_optimizer,
                                               has_layer_stats)
+from nested_research.state_norms import StateReader
 from nested_research.stats import StatsReader
 from nested_research.steps import StepCounter
 
@@ -74,13 +80,14 @@ class TrackingCallback(keras.callbacks.Callback):
         self.opt = optimizer
         base = base_optimizer(optimizer)
         self.stats_every = int(getattr(base, "stats_every", 0) or stats_every) \
-            if has_layer_stats(base) else 0
+            if has_layer_stats(base) else int(stats_every)
         self.timing_every = int(timing_every)
         self.log_every = max(int(log_every), 1)
         self.lr = LearningRateLog(optimizer, block=max(256, self.stats_every))
         self.lr_used = array.array("f")  # the rate of every step, from the first one seen
         self.first_step = None
         self.reader: StatsReader | None = None
+        self.state_reader: StateReader | None = None
         self.timer: OptimizerTimer | None = None
         self.step = 0
         self.last_stats: dict = {}
@@ -105,14 +112,22 @@ class TrackingCallback(keras.callbacks.Callback):
             return None
 
     def read_stats(self):
+        """``{layer: {field: value}}``: the state norms, and for the nested optimizer its
+        ``memory_stats()`` fields; ``None`` before the optimizer is built."""
         base = base_optimizer(self.opt)
-        if not has_layer_stats(base) or not base.built:
+        if not base.built:
             return None
-        if self.reader is None:
-            self.reader = StatsReader(base)
-        iterations, stats = self.reader.read()
-        self.last_stats, self.last_stats_step = stats, iterations
-        return stats
+        if self.state_reader is None:
+            self.state_reader = StateReader(base)
+        rows = self.state_reader.read()
+        if has_layer_stats(base):
+            if self.reader is None:
+                self.reader = StatsReader(base)
+            iterations, stats = self.reader.read()
+            self.last_stats, self.last_stats_step = stats, iterations
+            for layer, row in stats.items():
+                rows.setdefault(layer, {}).update(row)
+        return rows
 
     def lr_rows(self, limit: int = LR_POINTS) -> list[list]:
         """``[trainer/step, lr]`` for every step taken (evenly thinned to ``limit`` rows)."""

@@ -17,7 +17,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from nested_research import NestedLearningOptimizer
+from nested_research import M3, AdEMAMix, NestedLearningOptimizer
 from nested_research.intervals import applied_updates
 from nested_research.stats import FIELDS, last_update_step, layer_of
 from nested_research.optimizer_probes import LearningRateLog
@@ -388,3 +388,100 @@ def test_learning_rate_log_matches_schedule_step_by_step():
 def test_heatmap_steps_are_capped():
     assert schedule_steps(8, cap=4) == list(range(8))
     assert schedule_steps(1000, cap=4) == [0, 1, 2, 3, 996, 997, 998, 999]
+
+
+# ---------------------------------------------------------------- every optimizer's state, one scheme
+def _reference_state(opt, names: dict) -> dict:
+    """``{layer: {key: value}}`` in NumPy from the state tensors ``names`` picks per variable
+    (role -> tensor or None); norms over the layer, ``second_rms = sqrt(mean v)``."""
+    sums = {}
+    for i, var in enumerate(opt.model_variables if hasattr(opt, "model_variables")
+                            else opt._trainable_variables):
+        layer = sums.setdefault(layer_of(var.path), {})
+        for role, value in names(i, var).items():
+            if value is None:
+                continue
+            x = np.asarray(value, np.float64)
+            s, n = layer.get(role, (0.0, 0))
+            layer[role] = (s + (x.sum() if role == "second" else (x ** 2).sum()), n + x.size)
+    key = {"fast": "state/fast_norm", "medium": "state/medium_norm", "slow": "state/slow_norm",
+           "second": "state/second_rms"}
+    return {layer: {key[r]: float(np.sqrt(s / n if r == "second" else s))
+                    for r, (s, n) in roles.items()} for layer, roles in sums.items()}
+
+
+def _keras_names(opt):
+    by_name = {v.name: v for v in opt.variables}
+    prefix = lambda var: var.path.replace("/", "_")  # noqa: E731
+    return lambda i, var: {"fast": by_name[prefix(var) + "_momentum"],
+                           "second": by_name[prefix(var) + "_velocity"]}
+
+
+STATE_CASES = {
+    # optimizer, the state each role is, the roles every layer shows
+    "adam": (lambda: keras.optimizers.Adam(0.01), _keras_names, {"fast", "second"}),
+    "ademamix": (lambda: AdEMAMix(0.01, alpha=2.0),
+                 lambda o: lambda i, v: {"fast": o.slots(i)["m1"], "slow": o.slots(i)["m2"],
+                                         "second": o.slots(i)["nu"]},
+                 {"fast", "slow", "second"}),
+    "m3": (lambda: M3(0.01, frequency=2),
+           lambda o: lambda i, v: {"fast": o.slots(i)["m1"], "slow": o.slots(i)["m2"],
+                                   "second": o.slots(i)["v"]},
+           {"fast", "slow", "second"}),
+    "nested": (lambda: NestedLearningOptimizer(0.01, memory_blend_mode="fixed", max_interval=1),
+               lambda o: lambda i, v: {"fast": o.slots(i)["short"],
+                                       "medium": o.slots(i)["medium"],
+                                       "slow": o.slots(i)["long"],
+                                       "second": o.slots(i)["velocity"]},
+               {"fast", "medium", "slow", "second"}),
+}
+
+
+class _StateProbe(keras.callbacks.Callback):
+    def __init__(self, opt, names, every):
+        super().__init__()
+        self.opt, self.names, self.every, self.seen = opt, names, every, {}
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = int(self.opt.iterations.numpy())
+        if step % self.every == 0:
+            self.seen[step] = _reference_state(self.opt, self.names(self.opt))
+
+
+@pytest.mark.parametrize("name", sorted(STATE_CASES))
+def test_every_optimizer_logs_its_state_under_one_naming_scheme(tmp_path, name):
+    make, names, roles = STATE_CASES[name]
+    keras.utils.set_random_seed(2)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(96, 6)).astype("float32")
+    y = rng.integers(0, 3, size=(96,)).astype("int32")
+    inputs = keras.Input((6,))
+    h = keras.layers.Dense(8, activation="relu", name="a")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(3, name="c")(h))
+    opt = make()
+    model.compile(optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(True))
+    tracker = WandbTracker(dir=str(tmp_path), stats_every=4, timing_every=0, log_every=1)
+    tracker.start({"run": name}, str(tmp_path))
+    probe = _StateProbe(opt, names, 4)
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0,
+              callbacks=tracker.callbacks(opt) + [probe])
+    tracker.finish({"done": 1.0}, optimizer=opt)
+
+    wb = the_run(tmp_path)
+    rows = {r["trainer/step"]: r for r in layer_rows(wb)}
+    assert sorted(rows) == sorted(probe.seen) == [4, 8, 12]
+    keys = {"state/" + k for k in ("fast_norm", "medium_norm", "slow_norm", "second_rms")}
+    for step, want in probe.seen.items():
+        assert len(want) == 2  # the two layers
+        for layer in want:
+            got = {k.split("/", 2)[2] for k in rows[step]
+                   if k.startswith(f"layers/{layer}/state/")}
+            assert got == {k for k in keys if k.split("/")[1].split("_")[0] in roles}, got
+            for key, value in want[layer].items():
+                assert rows[step][f"layers/{layer}/{key}"] == pytest.approx(value, rel=1e-5), \
+                    (step, layer, key)
+                assert value > 0
+    # the end-of-run table carries the same columns
+    final = wb.table("layers/final")
+    assert {k for k in final[0] if k.startswith("state/")} == \
+        {k for k in keys if k.split("/")[1].split("_")[0] in roles}
