@@ -27,8 +27,9 @@ def make_strategy(name):
 def model_inputs(data) -> dict:
     """What the model builders take from the data."""
     kw = {"input_shape": tuple(data.input_shape), "num_classes": data.num_classes}
-    if data.task == "sequence":
+    if data.task in ("sequence", "language_model"):
         kw["vocab_size"] = int(data.metadata["vocab_size"])
+    if data.task == "sequence":  # logits only at the query positions; a language model: all
         kw["output_positions"] = int(data.metadata["num_queries"])
     return kw
 

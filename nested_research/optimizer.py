@@ -286,7 +286,7 @@ class NestedLearningOptimizer(DepthRegistry, FamilyOptimizer):
         p = self.hparams["memory"]
         if p.memory_blend_mode == "fixed":
             return p.weights
-        sums = sparse.tier_sums(g, tiers, p.memory_blend_mode == "adaptive")
+        sums = sparse.tier_sums(g, tiers, p.uses_cosines)
         logits_var = self._blend_logits[idx]
         w, logits = memory.retrieval_weights(p, *sums, sparse.num_elements(g), logits_var)
         if logits is not None:

@@ -13,6 +13,9 @@ Fields (``None`` where the configuration has no such quantity):
     v_rms                           sqrt(mean second moment)
     norm_short/medium/long          tier norms (memory off: norm_short = first moment)
     weight_short/medium/long        retrieval weights
+    retrieval_entropy               entropy of the retrieval weights in nats, per variable,
+                                    averaged over the layer by size (uniform: ln 3 = 1.0986;
+                                    attention: ``stats_every > 0``)
     cos_short/medium/long           cosine(gradient, tier)      (stats_every > 0)
     grad_norm, update_norm, param_norm, update_ratio, stats_step  (stats_every > 0)
 
@@ -50,7 +53,7 @@ from nested_research.stats_record import STAT_FIELDS
 FIELDS = (
     "depth", "interval", "applied_updates", "steps_since_update", "accum_norm", "v_rms",
     "norm_short", "norm_medium", "norm_long",
-    "weight_short", "weight_medium", "weight_long",
+    "weight_short", "weight_medium", "weight_long", "retrieval_entropy",
     "cos_short", "cos_medium", "cos_long",
     "grad_norm", "update_norm", "param_norm", "update_ratio", "stats_step",
 )
@@ -118,6 +121,13 @@ class Layout:
 def _columns(opt) -> dict:
     names = list(RAW_FIELDS) + ([f"stat_{f}" for f in STAT_FIELDS] if opt.stats_every else [])
     return {name: j for j, name in enumerate(names)}
+
+
+def entropy(weights) -> np.ndarray:
+    """Entropy in nats of the normalised weights along the last axis (``0 log 0 = 0``)."""
+    w = np.clip(np.asarray(weights, np.float64), 0.0, None)
+    p = w / np.maximum(w.sum(axis=-1, keepdims=True), 1e-300)
+    return -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis=-1)
 
 
 def _softmax(x):
@@ -222,14 +232,21 @@ def aggregate(opt, layout: Layout, raw: np.ndarray, iterations: int) -> "Ordered
         if opt.memory_blend_mode == "fixed":
             for tier, w in zip(TIERS, opt.fixed_weights):
                 row[f"weight_{tier}"] = w
+            row["retrieval_entropy"] = float(entropy(opt.fixed_weights))
         elif opt.memory_blend_mode == "adaptive":
-            for t, tier in enumerate(TIERS):
-                row[f"weight_{tier}"] = float((s[:, col[f"blend_{t}"]] * sizes).sum()
-                                              / sizes.sum())
+            _weights(row, s[:, [col[f"blend_{t}"] for t in range(3)]], sizes)
         if opt.stats_every:
             _in_step(opt, row, s, sizes, col)
         out[layer] = row
     return out
+
+
+def _weights(row, w, sizes):
+    """The layer's retrieval weights and their entropy from per-variable weights ``w``
+    (``[variables, 3]``), averaged by variable size."""
+    for t, tier in enumerate(TIERS):
+        row[f"weight_{tier}"] = float((w[:, t] * sizes).sum() / sizes.sum())
+    row["retrieval_entropy"] = float((entropy(w) * sizes).sum() / sizes.sum())
 
 
 def _in_step(opt, row, s, sizes, col):
@@ -242,7 +259,7 @@ def _in_step(opt, row, s, sizes, col):
         for tier in TIERS:
             denom = math.sqrt(grad_sq * st(f"mem_sq_{tier}").sum())
             row[f"cos_{tier}"] = float(st(f"dot_{tier}").sum() / denom) if denom > 0 else 0.0
-            row[f"weight_{tier}"] = float((st(f"weight_{tier}") * sizes).sum() / sizes.sum())
+        _weights(row, np.stack([st(f"weight_{tier}") for tier in TIERS], axis=1), sizes)
     row["update_norm"] = math.sqrt(max(st("update_sq").sum(), 0.0))
     row["param_norm"] = math.sqrt(max(st("param_sq").sum(), 0.0))
     row["update_ratio"] = row["update_norm"] / row["param_norm"] \

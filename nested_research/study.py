@@ -1,22 +1,26 @@
-"""Optimizer studies: run grids of training jobs with resume, aggregate, tabulate, plot.
+"""Optimizer studies: run grids of training jobs with resume, and aggregate them.
 
-Used by ``scripts/compare_optimizers.py`` and ``scripts/ablation.py``.  Every
-job is one ``nested_research.job.run`` call (in-process, ``logger=none``)
-with Hydra overrides; its ``results.json`` lands in ``<study>/runs/<job id>/``
-and a job whose results exist is never run again, so a killed study resumes
-where it stopped.  A job that raises is recorded as failed (``failed.txt``)
-and the study goes on.
+Used by ``scripts/compare_optimizers.py``, ``scripts/ablation.py`` and
+``scripts/horizon.py``.  Every job is one ``nested_research.job.run`` call
+(in-process, ``logger=none``) with Hydra overrides; its ``results.json``
+lands in ``<study>/runs/<job id>/`` and a job whose results exist is never
+run again, so a killed study resumes where it stopped.  A job that raises is
+recorded as failed (``failed.txt``) and the study goes on.
 
-Reported per workload and optimizer (or ablation variant), over seeds:
+Each workload is scored by one validation metric (``metric_of``: accuracy,
+or bits per byte for the language model).  Reported per workload and
+optimizer (or ablation variant), over seeds (``summarize``):
 
-- final test accuracy, mean +- std (sample std, ddof=1);
-- best validation loss, mean +- std;
-- steps to target: the median over seeds of the first optimizer step at the
-  end of an epoch whose validation accuracy reaches the target, with the
-  number of seeds that reached it; the target is the best *baseline's* mean
-  final validation accuracy (AlgoPerf's way of setting targets);
+- final test accuracy, mean +- std (sample std, ddof=1); best validation
+  loss and best validation metric, mean +- std;
+- AlgoPerf-style (``scoring.py``): the target from the best baseline, steps
+  and seconds to it (median over seeds, a miss when fewer than half the seeds
+  reach it), the ratio to the fastest, and each label's performance-profile
+  score over all workloads;
 - stability: loss spikes, epochs whose training loss rose more than 5% over
   the previous epoch, summed over seeds.
+
+The figures are ``study_plots.py``; the learning-rate search ``lr_search.py``.
 """
 
 from __future__ import annotations
@@ -26,10 +30,14 @@ import hashlib
 import json
 import math
 import os
+import shutil
+import time
 import traceback
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from nested_research import scoring
 
 CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
 
@@ -50,7 +58,17 @@ QUICK_WORKLOADS = {
                            "trainer.epochs=2", "data.builder_kwargs.config.num_train=256",
                            "data.builder_kwargs.config.num_test=64", "trainer.run_eagerly=true"],
 }
+#: Workloads not scored by validation accuracy: (metric, direction).
+METRICS = {"lm_transformer": ("val/bits_per_byte", "min")}
 SPIKE_RATIO = 1.05
+COST_FILE = "cost.json"
+
+
+def optimizers() -> list[str]:
+    """Every ``conf/optimizer`` choice: the family as the configs define it (nested first)."""
+    names = sorted(os.path.splitext(f)[0] for f in os.listdir(os.path.join(CONF_DIR, "optimizer"))
+                   if f.endswith(".yaml"))
+    return sorted(names, key=lambda n: n != "nested")
 
 
 @dataclass
@@ -98,8 +116,11 @@ def run_job(job: Job, study_dir: str, base_overrides=()) -> Outcome:
     keras.backend.clear_session()
     overrides = ["logger=none", "trainer.verbose=0", f"trainer.seed={job.seed}",
                  *base_overrides, *job.overrides]
+    cpu = time.process_time()
     try:
         run(compose(overrides), out)
+        with open(os.path.join(out, COST_FILE), "w") as fh:
+            json.dump({"cpu_seconds": time.process_time() - cpu}, fh)
         with open(path) as fh:
             return Outcome(job, json.load(fh))
     except Exception as err:  # a failed job is a result too
@@ -109,11 +130,41 @@ def run_job(job: Job, study_dir: str, base_overrides=()) -> Outcome:
         return Outcome(job, None, error=f"{type(err).__name__}: {err}")
 
 
+def cost_line(outcomes: list[Outcome], study_dir: str) -> str:
+    """The study's cost: its distinct runs, their CPU time (``cost.json``, written when a
+    run trained; a resumed run's counts too) and wall time."""
+    seen = {o.job.job_id: o for o in outcomes}
+    cpu = wall = 0.0
+    for job_id, o in seen.items():
+        path = os.path.join(study_dir, "runs", job_id, COST_FILE)
+        if os.path.exists(path):
+            with open(path) as fh:
+                cpu += json.load(fh)["cpu_seconds"]
+        if o.results:
+            wall += o.results.get("wall_time") or 0.0
+    return (f"[cost] {len(seen)} runs, {cpu / 3600:.2f} CPU hours "
+            f"({cpu:.0f} s over all cores), {wall / 3600:.2f} hours of training wall time")
+
+
+def publish(study_dir: str, target: str, stem: str) -> None:
+    """Copy ``<stem>.md``/``.csv`` and ``<stem>_*.png`` of ``study_dir`` into ``target``."""
+    os.makedirs(target, exist_ok=True)
+    for name in sorted(os.listdir(study_dir)):
+        if name in (f"{stem}.md", f"{stem}.csv") or (name.startswith(f"{stem}_")
+                                                     and name.endswith(".png")):
+            shutil.copy(os.path.join(study_dir, name), os.path.join(target, name))
+
+
 def default_lr(optimizer: str) -> float:
     return float(compose([f"optimizer={optimizer}"]).optimizer.learning_rate)
 
 
 # ---------------------------------------------------------------- aggregation
+def metric_of(workload: str) -> tuple[str, str]:
+    """The validation metric a workload is scored by, and its direction (``max``/``min``)."""
+    return METRICS.get(workload, ("val/accuracy", "max"))
+
+
 def _mean_std(values):
     values = [v for v in values if v is not None and math.isfinite(v)]
     if not values:
@@ -122,17 +173,22 @@ def _mean_std(values):
     return float(np.mean(values)), std
 
 
-def steps_to_target(results: dict, target: float) -> int | None:
-    history = results.get("history", {})
-    accs = history.get("val/accuracy", [])
-    if not accs:
-        return None
-    steps = results["steps"]
-    per_epoch = steps / max(len(accs), 1)
-    for i, acc in enumerate(accs):
-        if acc >= target:
-            return int(round(per_epoch * (i + 1)))
-    return None
+def curve(results: dict, metric: str) -> list:
+    return list(results.get("history", {}).get(metric, []))
+
+
+def eval_points(results: dict, metric: str) -> tuple[list, list]:
+    """The optimizer step and the wall time (pro rata) of each evaluation of ``metric``
+    (one per epoch, the last at the run's end)."""
+    n = len(curve(results, metric))
+    steps, wall = results.get("steps", 0), results.get("wall_time") or float("nan")
+    return ([steps * (i + 1) / n for i in range(n)], [wall * (i + 1) / n for i in range(n)])
+
+
+def final_value(results: dict | None, metric: str) -> float:
+    """A run's last validation value (NaN for a failed run): what the search selects by."""
+    values = curve(results, metric) if results else []
+    return float(values[-1]) if values and values[-1] is not None else float("nan")
 
 
 def loss_spikes(results: dict) -> int:
@@ -141,37 +197,64 @@ def loss_spikes(results: dict) -> int:
 
 
 def summarize(outcomes: list[Outcome], baselines: set[str]) -> list[dict]:
-    """One row per (workload, label) over the final jobs."""
-    rows = []
+    """One row per (workload, label) over the final jobs, with the AlgoPerf-style scores of
+    ``scoring.py`` (targets from ``baselines``)."""
     by_key: dict = {}
     for o in outcomes:
         by_key.setdefault((o.job.workload, o.job.label), []).append(o)
-    targets = {}
-    for (workload, label), group in by_key.items():
-        if label in baselines:
-            mean, _ = _mean_std([o.results["metrics"].get("val/accuracy") for o in group
-                                 if o.results])
-            if math.isfinite(mean):
-                targets[workload] = max(targets.get(workload, -1.0), mean)
-    for (workload, label), group in sorted(by_key.items()):
-        ok = [o for o in group if o.results]
-        test = _mean_std([o.results["metrics"].get("test/accuracy") for o in ok])
-        best_val = _mean_std([o.results["metrics"].get("val/best_loss") for o in ok])
-        target = targets.get(workload)
-        reached = [steps_to_target(o.results, target) for o in ok] if target is not None else []
-        hits = [s for s in reached if s is not None]
-        rows.append({
-            "workload": workload, "label": label, "lr": group[0].job.lr,
-            "seeds": len(group), "failed": len(group) - len(ok),
-            "test_acc_mean": test[0], "test_acc_std": test[1],
-            "best_val_loss_mean": best_val[0], "best_val_loss_std": best_val[1],
-            "target_val_acc": target,
-            "steps_to_target": float(np.median(hits)) if hits else None,
-            "reached": f"{len(hits)}/{len(ok)}",
-            "loss_spikes": sum(loss_spikes(o.results) for o in ok),
-            "wall_time_mean": _mean_std([o.results.get("wall_time") for o in ok])[0],
-        })
+    rows, ratios, seconds_ratios = [], {}, {}
+    for workload in sorted({w for w, _ in by_key}):
+        metric, direction = metric_of(workload)
+        labels = sorted(label for w, label in by_key if w == workload)
+        ok = {label: [o for o in by_key[workload, label] if o.results] for label in labels}
+        best = {label: [scoring.best_value(curve(o.results, metric), direction)
+                        for o in ok[label]] for label in labels}
+        target = scoring.target(best, baselines, direction)
+        times, seconds = {}, {}
+        for label in labels:
+            steps, secs = [], []
+            for o in ok[label]:
+                at_steps, at_seconds = eval_points(o.results, metric)
+                values = curve(o.results, metric)
+                steps.append(scoring.first_reach(values, at_steps, target, direction))
+                secs.append(scoring.first_reach(values, at_seconds, target, direction))
+            misses = len(by_key[workload, label]) - len(ok[label])  # failed runs miss too
+            times[label] = scoring.median_time(steps + [math.inf] * misses)
+            seconds[label] = scoring.median_time(secs + [math.inf] * misses)
+        ratios[workload] = scoring.ratios(times)
+        seconds_ratios[workload] = scoring.ratios(seconds)
+        for label in labels:
+            group, good = by_key[workload, label], ok[label]
+            test = _mean_std([o.results["metrics"].get("test/accuracy") for o in good])
+            best_val = _mean_std([o.results["metrics"].get("val/best_loss") for o in good])
+            reached = sum(1 for o in good if math.isfinite(scoring.first_reach(
+                curve(o.results, metric), eval_points(o.results, metric)[0], target,
+                direction)))
+            val = _mean_std(best[label])
+            rows.append({
+                "workload": workload, "label": label, "lr": group[0].job.lr,
+                "seeds": len(group), "failed": len(group) - len(good),
+                "test_acc_mean": test[0], "test_acc_std": test[1],
+                "best_val_loss_mean": best_val[0], "best_val_loss_std": best_val[1],
+                "target_val_acc": target if metric == "val/accuracy" else None,
+                "steps_to_target": _finite(times[label]),
+                "reached": f"{reached}/{len(group)}",
+                "loss_spikes": sum(loss_spikes(o.results) for o in good),
+                "wall_time_mean": _mean_std([o.results.get("wall_time") for o in good])[0],
+                "metric": metric, "target": target,
+                "val_metric_mean": val[0], "val_metric_std": val[1],
+                "seconds_to_target": _finite(seconds[label]),
+                "ratio_to_best": ratios[workload][label],
+                "seconds_ratio_to_best": seconds_ratios[workload][label],
+            })
+    for row in rows:
+        row["score"] = scoring.score(ratios, row["label"])
+        row["seconds_score"] = scoring.score(seconds_ratios, row["label"])
     return rows
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
 
 
 def _fmt(mean, std, digits=3):
@@ -180,19 +263,29 @@ def _fmt(mean, std, digits=3):
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
+def _num(x, fmt: str) -> str:
+    return "-" if x is None or not math.isfinite(x) else format(x, fmt)
+
+
 def markdown_table(rows: list[dict], label_name: str) -> str:
-    header = ["workload", label_name, "lr", "test acc (mean ± std)", "best val loss",
-              "steps to target", "loss spikes", "s/run"]
+    """Per (workload, label) rows, then the profile scores per label (``scoring.py``)."""
+    header = ["workload", label_name, "lr", "test acc (mean ± std)", "best val metric",
+              "steps to target (reached)", "ratio to best", "s to target", "loss spikes",
+              "s/run"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        stt = "-" if r["steps_to_target"] is None else f"{r['steps_to_target']:.0f}"
         lines.append("| " + " | ".join([
-            r["workload"], r["label"], "-" if r["lr"] is None else f"{r['lr']:.2g}",
+            r["workload"], r["label"], _num(r["lr"], ".2g"),
             _fmt(r["test_acc_mean"], r["test_acc_std"]),
-            _fmt(r["best_val_loss_mean"], r["best_val_loss_std"]),
-            f"{stt} ({r['reached']})", str(r["loss_spikes"]),
-            f"{r['wall_time_mean']:.1f}" if math.isfinite(r["wall_time_mean"]) else "-",
+            f"{r['metric'].split('/')[-1]} {_fmt(r['val_metric_mean'], r['val_metric_std'])}",
+            f"{_num(r['steps_to_target'], '.0f')} ({r['reached']})",
+            _num(r["ratio_to_best"], ".2f"), _num(r["seconds_to_target"], ".1f"),
+            str(r["loss_spikes"]), _num(r["wall_time_mean"], ".1f"),
         ]) + " |")
+    scores = {r["label"]: (r["score"], r["seconds_score"]) for r in rows}
+    lines += ["", f"| {label_name} | score (steps) | score (seconds) |", "|---|---|---|"]
+    for label, (steps, seconds) in sorted(scores.items(), key=lambda kv: -kv[1][0]):
+        lines.append(f"| {label} | {steps:.3f} | {seconds:.3f} |")
     return "\n".join(lines)
 
 
@@ -208,60 +301,3 @@ def write_tables(rows: list[dict], study_dir: str, stem: str, label_name: str) -
     return table
 
 
-# ---------------------------------------------------------------- plots
-def plot_curves(outcomes: list[Outcome], path: str, metric: str = "val/loss") -> None:
-    """Per workload: ``metric`` per epoch, mean over seeds with a +-std band, per label."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    workloads = sorted({o.job.workload for o in outcomes})
-    fig, axes = plt.subplots(1, len(workloads), figsize=(5 * len(workloads), 3.6), squeeze=False)
-    for ax, workload in zip(axes[0], workloads):
-        labels = sorted({o.job.label for o in outcomes if o.job.workload == workload})
-        for label in labels:
-            curves = [o.results["history"].get(metric, []) for o in outcomes
-                      if o.job.workload == workload and o.job.label == label and o.results]
-            curves = [c for c in curves if c]
-            if not curves:
-                continue
-            n = min(len(c) for c in curves)
-            arr = np.array([c[:n] for c in curves], dtype=float)
-            x = np.arange(1, n + 1)
-            mean, std = arr.mean(0), arr.std(0)
-            ax.plot(x, mean, label=label)
-            ax.fill_between(x, mean - std, mean + std, alpha=0.2)
-        ax.set_title(workload)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(metric)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def plot_lr_sensitivity(outcomes: list[Outcome], path: str,
-                        metric: str = "val/accuracy") -> None:
-    """Per workload: final ``metric`` against learning rate, one line per optimizer."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    workloads = sorted({o.job.workload for o in outcomes})
-    fig, axes = plt.subplots(1, len(workloads), figsize=(5 * len(workloads), 3.6), squeeze=False)
-    for ax, workload in zip(axes[0], workloads):
-        for label in sorted({o.job.label for o in outcomes if o.job.workload == workload}):
-            pts = sorted((o.job.lr, o.results["metrics"].get(metric, float("nan"))
-                          if o.results else float("nan"))
-                         for o in outcomes if o.job.workload == workload and o.job.label == label)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
-        ax.set_xscale("log")
-        ax.set_title(workload)
-        ax.set_xlabel("learning rate")
-        ax.set_ylabel(f"final {metric}")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -5,6 +5,11 @@ Classification and sequence tasks both train with
 model's outputs must line up with the targets (the recall Transformer emits
 logits only at the query positions).  Metrics are named ``train/*``,
 ``val/*`` and ``test/*``.
+
+A byte-level language model (``data.task == "language_model"``: next-byte
+targets at every position, so the loss is the mean next-byte cross entropy in
+nats) also reports ``train/``, ``val/`` and ``test/bits_per_byte`` (and
+``val/best_bits_per_byte``) = loss / ln 2, per epoch as well (:class:`BitsPerByte`).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from nested_research.stats_window import StatsWindow
 from nested_research.steps import StepCounter
 
 _KERAS_TO_OURS = {"loss": "loss", "accuracy": "accuracy"}
+LN2 = math.log(2.0)
 
 
 @dataclass
@@ -44,6 +50,22 @@ def rename(logs: dict, prefix: str) -> dict:
         else:
             out[f"{prefix}/{key}"] = float(value)
     return out
+
+
+def bits_per_byte(logs: dict) -> dict:
+    """Each loss of ``logs`` in bits per byte: ``<prefix>loss`` -> ``<prefix>bits_per_byte``
+    = loss / ln 2 (Keras' ``loss``, ``val_loss`` or our ``test/loss``, ``val/best_loss``)."""
+    return {f"{key[:-4]}bits_per_byte": float(value) / LN2
+            for key, value in (logs or {}).items() if key.endswith("loss")}
+
+
+class BitsPerByte(keras.callbacks.Callback):
+    """Adds ``bits_per_byte`` and ``val_bits_per_byte`` (:func:`bits_per_byte`) to each epoch's
+    logs; first in the list, so the history, ``progress.jsonl`` and the tracker all get them."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs.update(bits_per_byte(logs))
 
 
 class _StepLimit(keras.callbacks.Callback):
@@ -113,6 +135,9 @@ def fit(model: keras.Model, optimizer, data, *, epochs: int, max_steps: int | No
     if resume is not None:
         resume.restore(model, data, extra_variables=guard.variables)
     callbacks = list(callbacks or [])
+    byte_lm = data.task == "language_model"
+    if byte_lm:
+        callbacks.insert(0, BitsPerByte())
     # the statistics-recording step only where a read needs it (stats_window.StatsWindow)
     callbacks.insert(0, StatsWindow(optimizer, start_step=done if resume is not None else None))
     if progress_path:
@@ -152,6 +177,8 @@ def fit(model: keras.Model, optimizer, data, *, epochs: int, max_steps: int | No
     if "val/loss" in per_epoch:
         metrics["val/best_loss"] = min(per_epoch["val/loss"])
     metrics.update(rename(test_logs, "test"))
+    if byte_lm:  # test/ and val/best_ (the per-epoch ones are the same numbers)
+        metrics.update(bits_per_byte(metrics))
     opt = model.optimizer
     steps = int(keras.ops.convert_to_numpy(opt.iterations))
     return TrainResult(metrics=metrics, history=per_epoch, steps=steps,

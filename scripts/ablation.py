@@ -3,12 +3,14 @@
 Variants (each against the full optimizer with its defaults, >= 3 seeds, at the nested optimizer's
 learning rate chosen by the comparison study's search when its ``comparison.csv`` exists, else
 its default rate):
-memory tiers -> one tier -> none; attention -> fixed -> adaptive retrieval; depth schedule -> none;
+memory tiers -> one tier -> none; the seed's attention -> attention scored by cosine
+(``memory.attention_scoring=cosine``) -> fixed -> adaptive retrieval; depth schedule -> none;
 accumulation off; compression on; per-epoch LR -> cosine -> constant.
-Writes ``ablation.md``, ``ablation.csv`` and ``ablation_curves.png`` into ``--out``; steps to target
-use the full optimizer's mean validation accuracy as the target.
+Writes ``ablation.md``, ``ablation.csv``, ``ablation_curves.png`` and ``ablation_profile.png``
+into ``--out`` (and ``--publish``) after every variant; the target is the full optimizer's (the
+AlgoPerf-style scores of ``nested_research.scoring``, the full optimizer as the baseline).
 
-    python scripts/ablation.py [--out studies/ablation] [--quick]
+    python scripts/ablation.py [--out studies/ablation] [--quick] [--publish scripts/results]
 
 A killed study resumes where it stopped.
 """
@@ -17,13 +19,14 @@ import argparse
 import os
 import sys
 
-from nested_research import study
+from nested_research import study, study_plots
 
 VARIANTS = {
     "full": [],
     "one_tier": ["memory=fixed", "memory.short_term_weight=1.0", "memory.medium_term_weight=0.0",
                  "memory.long_term_weight=0.0"],
     "no_memory": ["memory=none"],
+    "cosine_retrieval": ["memory.attention_scoring=cosine"],
     "fixed_retrieval": ["memory=fixed"],
     "adaptive_retrieval": ["memory=adaptive"],
     "no_depth_schedule": ["schedule_curve=none"],
@@ -36,6 +39,16 @@ VARIANTS = {
 SEEDS = [0, 1, 2]
 
 
+def write(outcomes, out, publish) -> str:
+    rows = study.summarize(outcomes, baselines={"full"})
+    table = study.write_tables(rows, out, "ablation", "variant")
+    study_plots.plot_curves(outcomes, os.path.join(out, "ablation_curves.png"))
+    study_plots.plot_profiles(rows, os.path.join(out, "ablation_profile.png"))
+    if publish:
+        study.publish(out, publish, "ablation")
+    return table
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="studies/ablation")
@@ -44,6 +57,8 @@ def main(argv=None) -> int:
     parser.add_argument("--workloads", nargs="*", default=None)
     parser.add_argument("--lr-from", default="studies/compare/comparison.csv",
                         help="comparison table whose nested learning rate per workload is used")
+    parser.add_argument("--publish", default=None,
+                        help="also copy the tables and figures into this directory")
     args = parser.parse_args(argv)
     tuned = {}
     if not args.quick and os.path.exists(args.lr_from):
@@ -55,7 +70,7 @@ def main(argv=None) -> int:
     workloads = study.QUICK_WORKLOADS if args.quick else study.WORKLOADS
     names = args.workloads or list(workloads)
     seeds = SEEDS[:2] if args.quick else SEEDS
-    outcomes = []
+    outcomes, table = [], ""
     for workload in names:
         for variant, overrides in VARIANTS.items():
             for seed in seeds:
@@ -69,10 +84,9 @@ def main(argv=None) -> int:
                 print(f"[ablation] {workload} {variant} s{seed}: "
                       f"{outcome.results['metrics']['test/accuracy'] if outcome.results else outcome.error}",
                       flush=True)
-    rows = study.summarize(outcomes, baselines={"full"})
-    table = study.write_tables(rows, args.out, "ablation", "variant")
-    study.plot_curves(outcomes, os.path.join(args.out, "ablation_curves.png"))
+            table = write(outcomes, args.out, args.publish)
     print(table)
+    print(study.cost_line(outcomes, args.out), flush=True)
     return 0
 
 

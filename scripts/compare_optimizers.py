@@ -1,14 +1,20 @@
-"""Nested (defaults) vs Adam, AdamW, NAdam, SGD with momentum and Lion, on every embedded workload.
+"""Every optimizer of conf/optimizer on every study workload, scored as AlgoPerf scores.
 
 Protocol (the same for every optimizer; nothing is tuned for ours):
-1. learning-rate search: each optimizer's Keras default times 1/3, 1, 3 and 10 (four trials each),
-   seed 0, on the study-sized workloads of ``nested_research.study.WORKLOADS``; the best rate is
-   the one with the highest final validation accuracy;
-2. final runs: seeds 0, 1, 2 at that rate (seed 0 reuses the search run).
-Writes ``comparison.md``, ``comparison.csv``, ``comparison_curves.png`` (validation loss per epoch,
-mean +- std over seeds) and ``comparison_lr.png`` (LR sensitivity) into ``--out``.
+1. learning-rate search (``nested_research.lr_search``): the optimizer's default rate (its conf
+   file) times 1/3, 1 and 3, extended by a factor of 3 past an edge while the best rate sits there
+   (at most 3 extensions), seed 0; the best rate has the best final validation metric;
+2. final runs: seeds 0, 1, 2 at that rate (seed 0 reuses the search run);
+3. scoring (``nested_research.scoring``): per workload a target from the best baseline (every
+   optimizer but ``nested``), steps and seconds to it, ratios to the fastest, and each
+   optimizer's performance-profile score over the workloads.
+Writes ``comparison.md``, ``comparison.csv`` (a row per workload and optimizer),
+``comparison_curves.png``, ``comparison_lr.png`` and ``comparison_profile.png`` into ``--out``
+after every optimizer (so partial results land), copies them to ``--publish`` if given, and
+prints the study's cost (runs and CPU time, the resumed runs' included).
 
     python scripts/compare_optimizers.py [--out studies/compare] [--quick]
+        [--workloads ...] [--optimizers ...] [--publish scripts/results]
 
 A killed study resumes where it stopped (finished runs are reused).
 """
@@ -17,11 +23,49 @@ import argparse
 import os
 import sys
 
-from nested_research import study
+from nested_research import lr_search, study, study_plots
 
-OPTIMIZERS = ["nested", "adam", "adamw", "nadam", "sgd", "lion"]
-LR_FACTORS = [1 / 3, 1.0, 3.0, 10.0]
+OPTIMIZERS = study.optimizers()
 SEEDS = [0, 1, 2]
+STEM = "comparison"
+
+
+def tune(workload: str, opt: str, overrides: list, out: str, quick: bool):
+    """The learning-rate search of ``opt`` on ``workload``: ``(SearchResult, trials)``."""
+    metric, direction = study.metric_of(workload)
+    trials = {}
+
+    def trial(lr):
+        job = study.Job(workload, opt, 0, overrides + [f"optimizer={opt}",
+                                                      f"optimizer.learning_rate={lr:.6g}"],
+                        lr=lr, group="tune")
+        outcome = trials[lr] = study.run_job(job, out)
+        value = study.final_value(outcome.results, metric)
+        print(f"[tune] {workload} {opt} lr={lr:.3g}: {metric}="
+              f"{value if outcome.results else outcome.error}", flush=True)
+        return value
+
+    kw = dict(grid=(1.0, 3.0), max_extensions=0) if quick else {}
+    found = lr_search.search(trial, study.default_lr(opt), direction, **kw)
+    if found.at_edge and not quick:
+        print(f"[tune] note: {workload} {opt}: best rate {found.best_lr:.3g} is still at the "
+              "edge after the search's extensions", flush=True)
+    return found, trials
+
+
+def write(finals, tuning, searches, out, publish, baselines):
+    rows = study.summarize(finals, baselines=baselines)
+    for row in rows:
+        found = searches[row["workload"], row["label"]]
+        row["lr_trials"] = " ".join(f"{lr:.3g}" for lr in found.rates)
+        row["lr_at_edge"] = found.at_edge
+    table = study.write_tables(rows, out, STEM, "optimizer")
+    study_plots.plot_curves(finals, os.path.join(out, f"{STEM}_curves.png"))
+    study_plots.plot_lr_sensitivity(tuning, os.path.join(out, f"{STEM}_lr.png"))
+    study_plots.plot_profiles(rows, os.path.join(out, f"{STEM}_profile.png"))
+    if publish:
+        study.publish(out, publish, STEM)
+    return table
 
 
 def main(argv=None) -> int:
@@ -31,42 +75,28 @@ def main(argv=None) -> int:
                         help="tiny runs (a few steps), 2 learning rates and 2 seeds: a smoke test")
     parser.add_argument("--workloads", nargs="*", default=None)
     parser.add_argument("--optimizers", nargs="*", default=OPTIMIZERS)
+    parser.add_argument("--publish", default=None,
+                        help="also copy the tables and figures into this directory")
     args = parser.parse_args(argv)
     workloads = study.QUICK_WORKLOADS if args.quick else study.WORKLOADS
     names = args.workloads or list(workloads)
-    factors = LR_FACTORS[1:3] if args.quick else LR_FACTORS
     seeds = SEEDS[:2] if args.quick else SEEDS
+    baselines = set(args.optimizers) - {"nested"}
 
-    finals = []
-    tuning = []
+    finals, tuning, searches, table = [], [], {}, ""
     for workload in names:
         for opt in args.optimizers:
-            base = study.default_lr(opt)
-            trials = []
-            for f in factors:
-                lr = base * f
-                job = study.Job(workload, opt, 0, workloads[workload] + [
-                    f"optimizer={opt}", f"optimizer.learning_rate={lr:.6g}"], lr=lr, group="tune")
-                outcome = study.run_job(job, args.out)
-                trials.append(outcome)
-                print(f"[tune] {workload} {opt} lr={lr:.3g}: "
-                      f"{outcome.results['metrics']['val/accuracy'] if outcome.results else outcome.error}",
-                      flush=True)
-            tuning += trials
-            ok = [t for t in trials if t.results]
-            best = max(ok, key=lambda t: t.results["metrics"]["val/accuracy"]) if ok else trials[1]
-            if best is trials[0] or best is trials[-1]:
-                print(f"[tune] note: {workload} {opt}: best rate {best.job.lr:.3g} is at the "
-                      "edge of the grid", flush=True)
+            found, trials = tune(workload, opt, list(workloads[workload]), args.out, args.quick)
+            searches[workload, opt] = found
+            tuning += trials.values()
+            best = trials[found.best_lr]
             for seed in seeds:
-                job = study.Job(workload, opt, seed, best.job.overrides, lr=best.job.lr,
+                job = study.Job(workload, opt, seed, best.job.overrides, lr=found.best_lr,
                                 group="final")
                 finals.append(best if seed == 0 else study.run_job(job, args.out))
-    rows = study.summarize(finals, baselines=set(args.optimizers) - {"nested"})
-    table = study.write_tables(rows, args.out, "comparison", "optimizer")
-    study.plot_curves(finals, os.path.join(args.out, "comparison_curves.png"))
-    study.plot_lr_sensitivity(tuning, os.path.join(args.out, "comparison_lr.png"))
+            table = write(finals, tuning, searches, args.out, args.publish, baselines)
     print(table)
+    print(study.cost_line(finals + tuning, args.out), flush=True)
     return 0
 
 

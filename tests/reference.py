@@ -12,12 +12,13 @@ class NumpyNested:
     def __init__(self, shapes, mode="attention", lr=1e-3, decays=(0.94, 0.994, 0.9999),
                  weights=(0.1, 0.3, 0.6), mix=0.5, beta_1=0.9, beta_2=0.999, eps=1e-7,
                  amsgrad=False, intervals=None, accumulate=True, warmup=0,
-                 adaptive_rate=0.1, bound=4.0):
+                 adaptive_rate=0.1, bound=4.0, scoring="dot", temperature=0.25):
         self.mode, self.lr, self.decays, self.weights, self.mix = mode, lr, decays, weights, mix
         self.b1, self.b2, self.eps, self.amsgrad = beta_1, beta_2, eps, amsgrad
         self.intervals = intervals or [1] * len(shapes)
         self.accumulate, self.warmup = accumulate, warmup
         self.rate, self.bound = adaptive_rate, bound
+        self.scoring, self.temperature = scoring, temperature
         z = lambda: [np.zeros(s) for s in shapes]  # noqa: E731
         self.mems = [z(), z(), z()]
         self.m, self.v, self.vhat, self.acc = z(), z(), z(), z()
@@ -70,6 +71,10 @@ class NumpyNested:
                 tier[i] = m
             if self.mode == "fixed":
                 w = np.asarray(self.weights, float)
+            elif self.mode == "attention" and self.scoring == "cosine":
+                scores = np.array([np.sum(g * m) / max(np.linalg.norm(g) * np.linalg.norm(m),
+                                                       1e-12) for m in new]) / self.temperature
+                w = np.exp(scores - scores.max()); w /= w.sum()
             elif self.mode == "attention":
                 scores = np.array([np.sum(g * m) for m in new]) / np.sqrt(g.size)
                 w = np.exp(scores - scores.max()); w /= w.sum()

@@ -86,6 +86,29 @@ def test_attention_weights_not_uniform_and_match_reference():
     assert np.max(np.abs(got - 1 / 3)) > 1e-3
 
 
+@pytest.mark.parametrize("temperature", [0.05, 0.5])
+def test_cosine_attention_matches_reference_step_by_step(temperature):
+    """``attention_scoring="cosine"``: w = softmax(cos(g, M_i') / tau), every step, in float64."""
+    opt = NestedLearningOptimizer(memory_blend_mode="attention", attention_scoring="cosine",
+                                  attention_temperature=temperature, learning_rate=0.01,
+                                  stats_every=1)
+    ref = NumpyNested(SHAPES, mode="attention", scoring="cosine", temperature=temperature,
+                      lr=0.01)
+    seen = []
+
+    def check(t, variables, params):
+        for v, p in zip(variables, params):
+            np.testing.assert_allclose(v.numpy(), p, rtol=1e-6, atol=1e-10)
+        seen.append(ref.last_weights[1].copy())
+
+    run_both(opt, ref, SHAPES, 20, check_each=check)
+    row = list(opt.memory_stats().values())[1]
+    got = np.array([row[f"weight_{t}"] for t in ("short", "medium", "long")])
+    np.testing.assert_allclose(got, seen[-1], rtol=1e-5)
+    if temperature < 0.1:  # a low temperature turns these cosine gaps into unequal weights
+        assert np.max(np.abs(got - 1 / 3)) > 0.05
+
+
 @pytest.mark.parametrize("mix", [0.0, 0.25, 1.0])
 def test_memory_mix_parameter(mix):
     opt = NestedLearningOptimizer(memory_blend_mode="fixed", memory_mix=mix)

@@ -1,11 +1,13 @@
 """Data layer: our own TFDS builders and :func:`load_splits`.
 
-Importing this package registers three TFDS datasets (generated locally, no
-download): ``sklearn_digits`` (:mod:`.digits`), ``mnist1d`` (:mod:`.mnist1d`)
-and ``associative_recall`` (:mod:`.assoc_recall`), so that
-``tfds.builder(name, data_dir=...)`` finds them.  :func:`load_splits` turns
-those, or any prepared standard TFDS image dataset, into batched
-train / val / test ``tf.data`` pipelines (:class:`DataBundle`).
+Importing this package registers four TFDS datasets (generated locally, no
+download): ``sklearn_digits`` (:mod:`.digits`), ``mnist1d`` (:mod:`.mnist1d`),
+``associative_recall`` (:mod:`.assoc_recall`) and ``python_stdlib_text``
+(:mod:`.pystdlib`, byte-level language modelling on the running Python's
+standard library source), so that ``tfds.builder(name, data_dir=...)`` finds
+them.  :func:`load_splits` turns those, or any prepared standard TFDS image
+dataset, into batched train / val / test ``tf.data`` pipelines
+(:class:`DataBundle`).
 
 Modules: :mod:`.loading` builds the splits (:func:`load_splits`,
 :class:`DataBundle`); :mod:`.data_dir` checks, reading only, what a
@@ -32,6 +34,11 @@ from nested_research.data.data_dir import (
 )
 from nested_research.data.loading import DataBundle, load_splits
 from nested_research.data.mnist1d import Mnist1d
+from nested_research.data.pystdlib import (
+    PythonStdlibText,
+    PythonStdlibTextConfig,
+    make_config as make_pystdlib_config,
+)
 
 __all__ = [
     "AssociativeRecall",
@@ -42,8 +49,11 @@ __all__ = [
     "DatasetNotFoundError",
     "EMBEDDED_DATASETS",
     "Mnist1d",
+    "PythonStdlibText",
+    "PythonStdlibTextConfig",
     "SklearnDigits",
     "check_data_dir",
     "load_splits",
+    "make_pystdlib_config",
     "make_recall_config",
 ]

@@ -25,7 +25,8 @@ from typing import Any, Dict, Tuple
 import tensorflow_datasets as tfds
 
 from nested_research.checks import check_str
-from nested_research.data.assoc_recall import make_config
+from nested_research.data.assoc_recall import make_config as make_recall_config
+from nested_research.data.pystdlib import make_config as make_pystdlib_config
 from nested_research.data.tfrecord import TFRECORD_FRAMING, scan_tfrecord
 
 __all__ = [
@@ -37,7 +38,12 @@ __all__ = [
 ]
 
 #: Datasets generated locally by the builders of this package.
-EMBEDDED_DATASETS: Tuple[str, ...] = ("sklearn_digits", "mnist1d", "associative_recall")
+EMBEDDED_DATASETS: Tuple[str, ...] = ("sklearn_digits", "mnist1d", "associative_recall",
+                                      "python_stdlib_text")
+#: Embedded datasets whose ``builder_kwargs["config"]`` may be a plain mapping of parameters
+#: (Hydra / YAML), turned into a builder config by these functions.
+_CONFIG_MAKERS = {"associative_recall": make_recall_config,
+                  "python_stdlib_text": make_pystdlib_config}
 
 
 class DataDirError(OSError):
@@ -243,9 +249,9 @@ def make_builder(
     (also for embedded datasets: they are not regenerated over it).  With
     ``prepare=False`` nothing is written.
     """
-    if name == "associative_recall" and isinstance(kwargs.get("config"), Mapping):
-        # Convenience for Hydra / YAML: a plain mapping of MQAR sizes.
-        kwargs["config"] = make_config(**dict(kwargs["config"]))
+    if name in _CONFIG_MAKERS and isinstance(kwargs.get("config"), Mapping):
+        # Convenience for Hydra / YAML: a plain mapping of the config's parameters.
+        kwargs["config"] = _CONFIG_MAKERS[name](**dict(kwargs["config"]))
     if name not in EMBEDDED_DATASETS and ":" in name:
         raise ValueError(
             f"name={name!r} must be one of the embedded datasets {EMBEDDED_DATASETS} or a "

@@ -4,7 +4,8 @@
 framework.  It knows two kinds of datasets:
 
 * the datasets embedded in this package (:data:`EMBEDDED_DATASETS`):
-  ``sklearn_digits``, ``mnist1d`` and ``associative_recall``.  They are
+  ``sklearn_digits``, ``mnist1d``, ``associative_recall`` and
+  ``python_stdlib_text``.  They are
   generated locally, so they are prepared into ``data_dir`` on first use
   (``builder.download_and_prepare()``) and simply reused afterwards;
 * any standard TFDS image-classification dataset (``mnist``,
@@ -38,7 +39,10 @@ Preprocessing
       ``int32`` ``(B,)``;
     * ``associative_recall``: token ids ``int32`` ``(B, L)`` and targets
       ``int32`` ``(B, Q)`` for the last ``Q`` positions (see
-      :mod:`nested_research.data.assoc_recall`).
+      :mod:`nested_research.data.assoc_recall`);
+    * ``python_stdlib_text`` (task ``"language_model"``): byte tokens ``int32``
+      ``(B, L)`` and next-byte targets ``int32`` ``(B, L)``, one per position
+      (see :mod:`nested_research.data.pystdlib`); ``num_classes`` 256.
 
     The training pipeline is shuffled with ``seed`` (``reshuffle_each_iteration``
     so every epoch has a new order, and the sequence of orders is the same for
@@ -62,6 +66,7 @@ from nested_research.data.data_dir import (
     make_builder,
     not_prepared_detail,
 )
+from nested_research.data.pystdlib import VOCAB_SIZE as BYTE_VOCAB_SIZE
 
 if TYPE_CHECKING:  # pragma: no cover - typing only; TF itself is imported lazily
     import tensorflow as tf
@@ -73,6 +78,7 @@ _EMBEDDED_KIND = {
     "sklearn_digits": "image",
     "mnist1d": "vector",
     "associative_recall": "sequence",
+    "python_stdlib_text": "language_model",
 }
 
 
@@ -82,8 +88,10 @@ class DataBundle:
 
     Attributes:
         name: the dataset name passed to :func:`load_splits`.
-        task: ``"classification"`` (one integer label per example) or
-            ``"sequence"`` (integer targets per query position).
+        task: ``"classification"`` (one integer label per example),
+            ``"sequence"`` (integer targets per query position) or
+            ``"language_model"`` (byte-level next-token targets at every
+            position; the trainer reports bits per byte).
         train: shuffled, batched, prefetched ``(inputs, targets)`` dataset.
         val: batched validation dataset, or ``None`` when ``val_fraction == 0``.
         test: batched test dataset.
@@ -93,8 +101,9 @@ class DataBundle:
         steps_per_epoch: ``ceil(train_size / batch_size)`` (last batch may be
             smaller; batches are not dropped).
         metadata: extra facts (``batch_size``, ``seed``, TFDS split strings,
-            ``target_shape``, ``full_name``, and for ``associative_recall`` the
-            config parameters and ``seq_len``).
+            ``target_shape``, ``full_name``, and for ``associative_recall`` and
+            ``python_stdlib_text`` the config parameters, ``seq_len``,
+            ``vocab_size`` and ``config_name``).
     """
 
     name: str
@@ -281,12 +290,19 @@ def load_splits(
             return example["x"], tf.cast(example["label"], tf.int32)
 
         finish = None
-    else:  # sequence
+    elif kind == "sequence":
         config: AssociativeRecallConfig = builder.builder_config
         num_classes = int(config.vocab_size)
 
         def to_pair(example):
             return example["inputs"], example["targets"]
+
+        finish = None
+    else:  # language_model: uint8 bytes on disk
+        num_classes = BYTE_VOCAB_SIZE
+
+        def to_pair(example):
+            return tf.cast(example["x"], tf.int32), tf.cast(example["y"], tf.int32)
 
         finish = None
 
@@ -321,14 +337,15 @@ def load_splits(
         "splits": {"train": train_split, "val": val_split, "test": test_split},
         "target_shape": tuple(int(d) for d in y_spec.shape[1:]),
     }
-    if kind == "sequence":
+    if kind in ("sequence", "language_model"):
         metadata.update(builder.builder_config.params())
         metadata["seq_len"] = builder.builder_config.seq_len
         metadata["config_name"] = builder.builder_config.name
+        metadata.setdefault("vocab_size", num_classes)
 
     return DataBundle(
         name=name,
-        task="sequence" if kind == "sequence" else "classification",
+        task=kind if kind in ("sequence", "language_model") else "classification",
         train=train,
         val=val,
         test=test,
