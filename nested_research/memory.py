@@ -51,7 +51,10 @@ only, on a scale set by ``attention_temperature``.  Its default, 0.25, comes
 from the same job: there ``cos(g, M_short')`` is 0.26 to 0.71 by layer and the
 medium and long cosines -0.07 to 0.09, so gaps of 0.3 to 0.7; tau = 0.25 turns
 them into weight ratios of e^1.2 to e^2.8 (entropies 0.43 to 0.91), where tau =
-0.1 all but one-hot selects the short tier (entropies 0.02 to 0.29).  Ours,
+0.1 all but one-hot selects the short tier (entropies 0.02 to 0.29).  Early
+in training the cosine weights are near uniform too: without bias correction
+every tier is a scaled sum of the same first gradients, so all three point
+alike until their horizons separate (a few hundred steps on digits).  Ours,
 not the seed's; the seed's scoring stays the default.
 NOTE: the tiers are EMAs without bias correction, as in the seed: the long
 tier (d_l = 0.9999) is tiny for its first thousands of steps, so attention and

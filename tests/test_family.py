@@ -8,7 +8,6 @@ import inspect
 import json
 import os
 import shutil
-import sys
 
 import numpy as np
 import pytest
@@ -162,9 +161,7 @@ def _trained(name, mode, base, monkeypatch):
     keras.backend.clear_session(free_memory=False)
     with monkeypatch.context() as m:
         m.setattr(trainer, "fit", fit)  # (job.run imports it when it runs)
-        import time; t0 = time.perf_counter(); c0 = time.process_time()
         run(cfg, str(out))
-        print("TIMING", key, time.perf_counter() - t0, time.process_time() - c0, file=sys.stderr)
     with open(out / "results.json") as fh:
         results = json.load(fh)
     _RUNS[key] = {"dir": out, "results": results, **seen}
@@ -205,12 +202,9 @@ def test_xla_run_through_the_trainer_equals_the_graph_run(name, runs_dir, monkey
     for i, (a, b, start) in enumerate(zip(g["model"], x["model"], w0)):
         scale = np.abs(a - start).max()
         changed += scale > 0
-        ulps = np.abs(b - a) / np.spacing(np.abs(a))
-        print("DIFF", name, i, np.abs(b - a).max() / scale, ulps.max(), (np.abs(b - a) - 4 * np.spacing(np.abs(a))).max() / scale, scale, file=sys.stderr)
-        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5 * scale, err_msg=f"weight {i}")
+        np.testing.assert_allclose(b, a, rtol=2e-6, atol=1e-5 * scale, err_msg=f"weight {i}")
     assert changed == len(w0)  # every weight trained
     for a, b, path in zip(g["optimizer"], x["optimizer"], paths):
-        print("DIFF", name, path, np.abs(b - a).max() / max(np.abs(a).max(), 1e-30), a.dtype, a.shape, file=sys.stderr)
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5 * np.abs(a).max(), err_msg=path)
 
 

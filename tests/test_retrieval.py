@@ -11,7 +11,7 @@ from nested_research.data.digits import digits_split_arrays
 from nested_research.stats import entropy
 
 
-def _train_digits(scoring: str, epochs: int = 4):
+def _train_digits(scoring: str, epochs: int = 8):
     keras.utils.set_random_seed(0)
     arrays = digits_split_arrays()
     x = arrays["x_train"].reshape(-1, 64).astype("float32") / 255.0
@@ -21,7 +21,7 @@ def _train_digits(scoring: str, epochs: int = 4):
     opt = NestedLearningOptimizer(0.003, memory_blend_mode="attention",
                                   attention_scoring=scoring, stats_every=10, auto_schedule=False)
     model.compile(optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(True))
-    model.fit(x, y, batch_size=64, epochs=epochs, shuffle=False, verbose=0)  # 92 steps
+    model.fit(x, y, batch_size=32, epochs=epochs, shuffle=False, verbose=0)  # 360 steps
     return opt
 
 
@@ -42,7 +42,6 @@ def test_cosine_scoring_moves_weights_away_from_uniform_on_real_gradients():
         assert dot[layer]["retrieval_entropy"] == pytest.approx(math.log(3), abs=1e-3)
         w = [cos[layer][f"weight_{t}"] for t in ("short", "medium", "long")]
         assert cos[layer]["retrieval_entropy"] == pytest.approx(entropy(w), abs=0.05)
-    # the output layer, whose gradient keeps its direction, leans on the short tier, which
-    # follows it; the input layer's noisier gradient leaves its weights nearer uniform
-    w = [cos[1][f"weight_{t}"] for t in ("short", "medium", "long")]
-    assert cos[1]["retrieval_entropy"] < math.log(3) - 0.2 and w[0] > 0.5, w
+        # cosine scores: the short tier, which follows the gradient, gets most of the weight
+        # (early on all three tiers point where the first gradients did and score alike)
+        assert cos[layer]["retrieval_entropy"] < math.log(3) - 0.2 and w[0] > 0.5, w
