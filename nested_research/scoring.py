@@ -5,15 +5,17 @@ Training Algorithms", 2023), per workload ``w`` and optimizer ``o``:
 
 target
     set from the best *baseline* (every optimizer but the one under study):
-    each run's best validation metric, the median over its seeds, the best
-    such median over the baselines.  So the best baseline reaches the target
-    on at least half its seeds, and the target is a level that a tuned
+    each run's best validation metric; per baseline, the value that at least
+    half of its seeds attain (the median of 3 seeds, the better of 2); the
+    best such value over the baselines.  So the best baseline reaches the
+    target on at least half its seeds, and the target is a level that a tuned
     standard optimizer attains within the workload's budget.
 time to target ``t_{o,w}``
     per run, the first evaluation (end of an epoch) whose validation metric
     reaches the target, in optimizer steps (and in seconds of wall time,
-    pro rata); per optimizer, the median over seeds, infinite when fewer
-    than half of the seeds reach it (AlgoPerf's median over studies).
+    pro rata); per optimizer, the time by which at least half of its seeds
+    reached it (the median of 3 seeds, the faster of 2), infinite when fewer
+    than half reach it (AlgoPerf's median over studies).
 ratio ``r_{o,w} = t_{o,w} / min_o' t_{o',w}``
     1 for the fastest optimizer, infinite for one that misses the target.
 performance profile ``rho_o(tau)``
@@ -65,24 +67,27 @@ def first_reach(curve: Sequence[float], eval_steps: Sequence[float], target: flo
     return math.inf
 
 
+def _half(n: int) -> int:
+    """The index of the ``ceil(n / 2)``-th item: reached by at least half of ``n`` seeds."""
+    return (n + 1) // 2 - 1
+
+
 def median_time(times: Iterable[float]) -> float:
-    """The median over seeds with misses as ``inf`` (infinite unless at least half reach)."""
+    """The time by which at least half of the seeds reached the target (misses as ``inf``):
+    the median of an odd number of seeds, the lower middle of an even number."""
     times = sorted(times)
-    if not times:
-        return math.inf
-    n = len(times)
-    mid = times[(n - 1) // 2] if n % 2 else 0.5 * (times[n // 2 - 1] + times[n // 2])
-    return mid
+    return times[_half(len(times))] if times else math.inf
 
 
 def target(best_per_seed: dict, baselines: Iterable[str], direction: str) -> float:
     """``{optimizer: [best validation value per seed]}`` -> the workload's target: the best
-    over ``baselines`` of the median over seeds (NaN when no baseline has a finite value)."""
+    over ``baselines`` of the value at least half of the seeds attain (NaN when none has)."""
     medians = []
     for name in baselines:
-        values = [v for v in best_per_seed.get(name, []) if math.isfinite(v)]
-        if values:
-            medians.append(float(np.median(values)))
+        values = best_per_seed.get(name, [])
+        finite = sorted((v for v in values if math.isfinite(v)), reverse=direction == "max")
+        if len(finite) > _half(len(values)):  # at least half of the seeds have a value
+            medians.append(float(finite[_half(len(values))]))
     if not medians:
         return float("nan")
     return max(medians) if direction == "max" else min(medians)

@@ -165,7 +165,7 @@ def metric_of(workload: str) -> tuple[str, str]:
     return METRICS.get(workload, ("val/accuracy", "max"))
 
 
-def _mean_std(values):
+def mean_std(values):
     values = [v for v in values if v is not None and math.isfinite(v)]
     if not values:
         return float("nan"), float("nan")
@@ -225,12 +225,12 @@ def summarize(outcomes: list[Outcome], baselines: set[str]) -> list[dict]:
         seconds_ratios[workload] = scoring.ratios(seconds)
         for label in labels:
             group, good = by_key[workload, label], ok[label]
-            test = _mean_std([o.results["metrics"].get("test/accuracy") for o in good])
-            best_val = _mean_std([o.results["metrics"].get("val/best_loss") for o in good])
+            test = mean_std([o.results["metrics"].get("test/accuracy") for o in good])
+            best_val = mean_std([o.results["metrics"].get("val/best_loss") for o in good])
             reached = sum(1 for o in good if math.isfinite(scoring.first_reach(
                 curve(o.results, metric), eval_points(o.results, metric)[0], target,
                 direction)))
-            val = _mean_std(best[label])
+            val = mean_std(best[label])
             rows.append({
                 "workload": workload, "label": label, "lr": group[0].job.lr,
                 "seeds": len(group), "failed": len(group) - len(good),
@@ -240,7 +240,7 @@ def summarize(outcomes: list[Outcome], baselines: set[str]) -> list[dict]:
                 "steps_to_target": _finite(times[label]),
                 "reached": f"{reached}/{len(group)}",
                 "loss_spikes": sum(loss_spikes(o.results) for o in good),
-                "wall_time_mean": _mean_std([o.results.get("wall_time") for o in good])[0],
+                "wall_time_mean": mean_std([o.results.get("wall_time") for o in good])[0],
                 "metric": metric, "target": target,
                 "val_metric_mean": val[0], "val_metric_std": val[1],
                 "seconds_to_target": _finite(seconds[label]),

@@ -15,6 +15,10 @@ def test_target_is_the_best_baselines_median_and_ignores_the_studied_optimizer()
     lm = {"adam": [1.5, 1.4, 1.6], "lion": [1.45, 1.7, 1.3]}
     assert scoring.target(lm, ["adam", "lion"], "min") == pytest.approx(1.45)
     assert math.isnan(scoring.target({"adam": [math.nan]}, ["adam"], "max"))
+    # 2 seeds: the better one (what at least half of them attain); a failed seed counts
+    assert scoring.target({"adam": [0.7, 0.9]}, ["adam"], "max") == 0.9
+    assert scoring.target({"adam": [1.2, 1.4]}, ["adam"], "min") == 1.2
+    assert math.isnan(scoring.target({"adam": [0.9, math.nan, math.nan]}, ["adam"], "max"))
 
 
 def test_first_reach_and_median_with_misses():
@@ -26,7 +30,8 @@ def test_first_reach_and_median_with_misses():
     # AlgoPerf's median over seeds: infinite unless at least half reach
     assert scoring.median_time([100, 300, math.inf]) == 300
     assert scoring.median_time([100, math.inf, math.inf]) == math.inf
-    assert scoring.median_time([100, 200]) == 150
+    assert scoring.median_time([100, 200]) == 100  # half of 2 seeds: the faster
+    assert scoring.median_time([100, math.inf]) == 100
 
 
 def _integral(r_values, tau_max=4.0, n=30_001):

@@ -1,0 +1,150 @@
+"""The horizon question: does slow memory help more as runs get longer?
+
+On the language-model workload (``experiment=lm_transformer``), the nested optimizer with its
+defaults and with one tier (the short tier only: no slow memory), Adam and AdEMAMix (whose slow
+EMA is the published case for long runs), each at its learning rate from the comparison study's
+search (``--lr-from``; the conf default when the study has not tuned it yet), train for 1x, 3x and
+9x a base length (``trainer.max_steps``; the cosine learning-rate schedule spans each run),
+2 seeds each.  Reported per length and variant: the best validation bits per byte (mean, std,
+and each variant's gap to Adam at that length), in ``horizon.md``, ``horizon.csv`` and
+``horizon.png``.
+
+    python scripts/horizon.py [--out studies/horizon] [--base-steps 1000] [--quick]
+        [--publish scripts/results]
+
+A killed study resumes where it stopped (finished runs are reused).
+"""
+
+import argparse
+import csv
+import math
+import os
+import sys
+
+from nested_research import study
+
+WORKLOAD = "lm_transformer"
+VARIANTS = {
+    "nested": ["optimizer=nested"],
+    "nested_one_tier": ["optimizer=nested", "memory=fixed", "memory.short_term_weight=1.0",
+                        "memory.medium_term_weight=0.0", "memory.long_term_weight=0.0"],
+    "adam": ["optimizer=adam"],
+    "ademamix": ["optimizer=ademamix"],
+}
+LENGTHS = (1, 3, 9)
+SEEDS = (0, 1)
+
+
+def tuned_rates(path: str) -> dict:
+    """``{optimizer: rate}`` of the comparison study on the LM workload, where it exists."""
+    if not os.path.exists(path):
+        return {}
+    with open(path) as fh:
+        return {r["label"]: float(r["lr"]) for r in csv.DictReader(fh)
+                if r["workload"] == WORKLOAD and r["lr"]}
+
+
+def rows_of(outcomes: list) -> list[dict]:
+    metric, direction = study.metric_of(WORKLOAD)
+    by_key: dict = {}
+    for o in outcomes:
+        by_key.setdefault((o.extra["length"], o.job.label), []).append(o)
+    rows = []
+    for (length, label), group in sorted(by_key.items()):
+        values = [min(v for v in study.curve(o.results, metric)) for o in group if o.results]
+        mean, std = study.mean_std(values)
+        rows.append({"steps": length, "label": label, "lr": group[0].job.lr,
+                     "seeds": len(group), "failed": len(group) - len(values),
+                     "best_val_bpb_mean": mean, "best_val_bpb_std": std})
+    adam = {r["steps"]: r["best_val_bpb_mean"] for r in rows if r["label"] == "adam"}
+    for r in rows:
+        base = adam.get(r["steps"], float("nan"))
+        r["gap_to_adam"] = r["best_val_bpb_mean"] - base  # < 0: better than Adam
+    return rows
+
+
+def write(outcomes: list, out: str, publish: str | None) -> str:
+    rows = rows_of(outcomes)
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "horizon.csv"), "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    fmt = lambda x, f: "-" if x is None or not math.isfinite(x) else format(x, f)  # noqa: E731
+    lines = ["| steps | variant | lr | best val bits/byte (mean ± std) | gap to Adam | seeds |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['steps']} | {r['label']} | {fmt(r['lr'], '.2g')} | "
+                     f"{fmt(r['best_val_bpb_mean'], '.4f')} ± {fmt(r['best_val_bpb_std'], '.4f')}"
+                     f" | {fmt(r['gap_to_adam'], '+.4f')} | {r['seeds'] - r['failed']}"
+                     f"/{r['seeds']} |")
+    table = "\n".join(lines)
+    with open(os.path.join(out, "horizon.md"), "w") as fh:
+        fh.write(table + "\n")
+    _plot(rows, os.path.join(out, "horizon.png"))
+    if publish:
+        study.publish(out, publish, "horizon")
+    return table
+
+
+def _plot(rows: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for label in sorted({r["label"] for r in rows}):
+        pts = [r for r in rows if r["label"] == label]
+        ax.errorbar([r["steps"] for r in pts], [r["best_val_bpb_mean"] for r in pts],
+                    yerr=[r["best_val_bpb_std"] for r in pts], marker="o", capsize=3,
+                    label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("run length (optimizer steps)")
+    ax.set_ylabel("best validation bits per byte")
+    ax.set_title("horizon: lm_transformer")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="studies/horizon")
+    parser.add_argument("--base-steps", type=int, default=1000)
+    parser.add_argument("--quick", action="store_true", help="3-step base runs: a smoke test")
+    parser.add_argument("--lr-from", default="studies/compare/comparison.csv")
+    parser.add_argument("--publish", default=None)
+    args = parser.parse_args(argv)
+    if args.base_steps < 1:
+        parser.error(f"--base-steps={args.base_steps} must be >= 1")
+    workloads = study.QUICK_WORKLOADS if args.quick else study.WORKLOADS
+    base = 1 if args.quick else args.base_steps
+    rates = {} if args.quick else tuned_rates(args.lr_from)
+    outcomes, table = [], ""
+    for k in LENGTHS:
+        steps = base * k
+        for label, overrides in VARIANTS.items():
+            optimizer = overrides[0].split("=", 1)[1]
+            lr = rates.get(label, rates.get(optimizer)) if label != "nested_one_tier" \
+                else rates.get("nested")
+            lr = lr if lr is not None else study.default_lr(optimizer)
+            for seed in SEEDS:
+                job = study.Job(WORKLOAD, label, seed, list(workloads[WORKLOAD]) + overrides + [
+                    "lr_schedule=cosine", f"trainer.max_steps={steps}",
+                    f"optimizer.learning_rate={lr:.6g}"], lr=lr, group=f"horizon{k}")
+                outcome = study.run_job(job, args.out)
+                outcome.extra["length"] = steps
+                outcomes.append(outcome)
+                print(f"[horizon] {steps} steps {label} s{seed}: "
+                      f"{outcome.results['metrics'] if outcome.results else outcome.error}",
+                      flush=True)
+            table = write(outcomes, args.out, args.publish)
+    print(table)
+    print(study.cost_line(outcomes, args.out), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
