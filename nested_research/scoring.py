@@ -86,7 +86,7 @@ def target(best_per_seed: dict, baselines: Iterable[str], direction: str) -> flo
     for name in baselines:
         values = best_per_seed.get(name, [])
         finite = sorted((v for v in values if math.isfinite(v)), reverse=direction == "max")
-        if len(finite) > _half(len(values)):  # at least half of the seeds have a value
+        if values and len(finite) > _half(len(values)):  # at least half have a value
             medians.append(float(finite[_half(len(values))]))
     if not medians:
         return float("nan")

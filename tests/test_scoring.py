@@ -15,6 +15,7 @@ def test_target_is_the_best_baselines_median_and_ignores_the_studied_optimizer()
     lm = {"adam": [1.5, 1.4, 1.6], "lion": [1.45, 1.7, 1.3]}
     assert scoring.target(lm, ["adam", "lion"], "min") == pytest.approx(1.45)
     assert math.isnan(scoring.target({"adam": [math.nan]}, ["adam"], "max"))
+    assert math.isnan(scoring.target({"nested": [0.9]}, ["adam"], "max"))  # no baseline yet
     # 2 seeds: the better one (what at least half of them attain); a failed seed counts
     assert scoring.target({"adam": [0.7, 0.9]}, ["adam"], "max") == 0.9
     assert scoring.target({"adam": [1.2, 1.4]}, ["adam"], "min") == 1.2

@@ -162,27 +162,48 @@ def _table_rows(path):
         return list(csv.DictReader(fh))
 
 
+#: A subset of the family for the quick comparison (one Keras optimizer, one of ours, the
+#: nested one); the default list is every conf/optimizer file (test below).
+QUICK_FAMILY = ["nested", "adam", "ademamix"]
+
+
+def test_comparison_covers_every_conf_optimizer():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compare", ROOT / "scripts" /
+                                                  "compare_optimizers.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.OPTIMIZERS[0] == "nested"
+    assert sorted(module.OPTIMIZERS) == sorted(p.stem for p in (ROOT / "conf" /
+                                                                "optimizer").glob("*.yaml"))
+    assert {"ademamix", "muon", "m3", "delta_momentum", "adam", "sgd"} <= set(module.OPTIMIZERS)
+
+
 @pytest.mark.parametrize("workloads", [
     ["digits_mlp"],
-    pytest.param(None, marks=pytest.mark.slow),   # all three: same code path, 3x longer
+    pytest.param(None, marks=pytest.mark.slow),   # all workloads: same code path, longer
 ])
 def test_compare_optimizers_quick(workloads, tmp_path, data_dir, monkeypatch):
     _fewer_steps(monkeypatch, workloads)
     out = tmp_path / "compare"
-    extra = ["--workloads", *workloads] if workloads else []
-    module = _run_script("compare_optimizers", out, extra)
+    extra = (["--workloads", *workloads] if workloads else []) + ["--optimizers", *QUICK_FAMILY]
+    _run_script("compare_optimizers", out, extra)
     rows = _table_rows(out / "comparison.csv")
     got = {(r["workload"], r["label"]) for r in rows}
     from nested_research.study import QUICK_WORKLOADS
 
-    assert got == {(w, o) for w in (workloads or QUICK_WORKLOADS) for o in module.OPTIMIZERS}
+    assert got == {(w, o) for w in (workloads or QUICK_WORKLOADS) for o in QUICK_FAMILY}
     assert {"test_acc_mean", "test_acc_std", "best_val_loss_mean", "steps_to_target",
-            "loss_spikes"} <= set(rows[0])
+            "loss_spikes", "ratio_to_best", "score", "seconds_to_target", "metric", "target",
+            "lr_trials", "lr_at_edge"} <= set(rows[0])
     for r in rows:
         assert r["seeds"] == "2" and r["failed"] == "0"
+        assert len(r["lr_trials"].split()) == 2  # the quick search: default x {1, 3}
+        assert 0.0 <= float(r["score"]) <= 1.0
     md = (out / "comparison.md").read_text()
-    assert md.count("\n") == 2 + len(rows)
-    for png in ("comparison_curves.png", "comparison_lr.png"):
+    assert md.count("\n") == 2 + len(rows) + 3 + len(QUICK_FAMILY)  # rows, then the scores
+    for png in ("comparison_curves.png", "comparison_lr.png", "comparison_profile.png"):
         assert (out / png).stat().st_size > 10_000
     # a second run resumes: nothing is trained again
     stamps = {p: p.stat().st_mtime for p in out.glob("runs/*/results.json")}
@@ -205,9 +226,13 @@ def test_ablation_quick(workloads, tmp_path, data_dir, monkeypatch):
     assert {(r["workload"], r["label"]) for r in rows} == \
         {(w, v) for w in (workloads or QUICK_WORKLOADS) for v in module.VARIANTS}
     assert (out / "ablation_curves.png").stat().st_size > 10_000
+    assert (out / "ablation_profile.png").stat().st_size > 10_000
     runs = list(out.glob("runs/*/results.json"))
     configs = {json.loads(p.read_text())["config"]["memory"]["memory_blend_mode"] for p in runs}
     assert configs == {"attention", "fixed", "adaptive", "none"}
+    scorings = {json.loads(p.read_text())["config"]["memory"]["attention_scoring"]
+                for p in runs if "cosine_retrieval" in str(p)}
+    assert scorings == {"cosine"}
     compressed = [json.loads(p.read_text())["config"] for p in runs if "compression_r4" in str(p)]
     assert compressed and all(c["optimizer"]["params"]["compression_rank"] == 4
                               for c in compressed)
