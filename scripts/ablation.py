@@ -10,7 +10,8 @@ Writes ``ablation.md``, ``ablation.csv``, ``ablation_curves.png`` and ``ablation
 into ``--out`` (and ``--publish``) after every variant; the target is the full optimizer's (the
 AlgoPerf-style scores of ``nested_research.scoring``, the full optimizer as the baseline).
 
-    python scripts/ablation.py [--out studies/ablation] [--quick] [--publish scripts/results]
+    python scripts/ablation.py [--out studies/ablation] [--quick] [--workloads ...]
+        [--variants ...] [--publish scripts/results]
 
 A killed study resumes where it stopped.
 """
@@ -57,6 +58,7 @@ def main(argv=None) -> int:
     parser.add_argument("--workloads", nargs="*", default=None)
     parser.add_argument("--lr-from", default="studies/compare/comparison.csv",
                         help="comparison table whose nested learning rate per workload is used")
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--publish", default=None,
                         help="also copy the tables and figures into this directory")
     args = parser.parse_args(argv)
@@ -72,7 +74,8 @@ def main(argv=None) -> int:
     seeds = SEEDS[:2] if args.quick else SEEDS
     outcomes, table = [], ""
     for workload in names:
-        for variant, overrides in VARIANTS.items():
+        for variant in args.variants:
+            overrides = VARIANTS[variant]
             for seed in seeds:
                 lr = [f"optimizer.learning_rate={tuned[workload]:.6g}"] \
                     if workload in tuned else []

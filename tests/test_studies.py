@@ -212,19 +212,45 @@ def test_compare_optimizers_quick(workloads, tmp_path, data_dir, monkeypatch):
     assert (out / "comparison.md").read_text() == md
 
 
+#: The variants the quick ablation trains: every memory mode, cosine scoring, compression
+#: (every variant's overrides compose and validate: the test below).
+QUICK_VARIANTS = ["full", "no_memory", "fixed_retrieval", "adaptive_retrieval", "cosine_retrieval",
+                  "compression_r4"]
+
+
+def test_every_ablation_variant_composes_and_validates(data_dir):
+    import importlib.util
+
+    from nested_research.study import WORKLOADS, compose
+    from nested_research.train import validate
+
+    spec = importlib.util.spec_from_file_location("ablation", ROOT / "scripts" / "ablation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert set(QUICK_VARIANTS) < set(module.VARIANTS)
+    for name, overrides in module.VARIANTS.items():
+        cfg = compose(WORKLOADS["digits_mlp"] + ["optimizer=nested"] + overrides)
+        validate(cfg)
+        assert (name == "full") == (overrides == [])
+    cosine = compose(["optimizer=nested"] + module.VARIANTS["cosine_retrieval"])
+    assert cosine.memory.memory_blend_mode == "attention"
+    assert cosine.memory.attention_scoring == "cosine"
+
+
 @pytest.mark.parametrize("workloads", [
     ["digits_mlp"],
-    pytest.param(None, marks=pytest.mark.slow),   # all three: same code path, 3x longer
+    pytest.param(None, marks=pytest.mark.slow),   # all workloads: same code path, longer
 ])
 def test_ablation_quick(workloads, tmp_path, data_dir, monkeypatch):
     _fewer_steps(monkeypatch, workloads)
     out = tmp_path / "ablation"
-    module = _run_script("ablation", out, ["--workloads", *workloads] if workloads else [])
+    extra = (["--workloads", *workloads] if workloads else []) + ["--variants", *QUICK_VARIANTS]
+    _run_script("ablation", out, extra)
     rows = _table_rows(out / "ablation.csv")
     from nested_research.study import QUICK_WORKLOADS
 
     assert {(r["workload"], r["label"]) for r in rows} == \
-        {(w, v) for w in (workloads or QUICK_WORKLOADS) for v in module.VARIANTS}
+        {(w, v) for w in (workloads or QUICK_WORKLOADS) for v in QUICK_VARIANTS}
     assert (out / "ablation_curves.png").stat().st_size > 10_000
     assert (out / "ablation_profile.png").stat().st_size > 10_000
     runs = list(out.glob("runs/*/results.json"))
