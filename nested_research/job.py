@@ -77,6 +77,9 @@ def run(cfg: DictConfig, output_dir: str, checked: Preflighted | None = None) ->
             data = instantiate(cfg.data, batch_size=t.batch_size, seed=t.seed, _convert_="all")
         except Exception as err:  # missing/corrupt data, bad data settings
             raise data_error(cfg, err) from err
+        # again: preparing a dataset (the first run on a fresh data_dir) draws random numbers,
+        # and the model's initial weights must not depend on whether it did
+        keras.utils.set_random_seed(t.seed)
         strategy = make_strategy(t.strategy)
         with strategy.scope():
             model = instantiate(cfg.model, **model_inputs(data), _convert_="all")

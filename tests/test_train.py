@@ -170,6 +170,16 @@ def test_same_seed_same_metrics(tmp_path, data_dir):
     assert a != c
 
 
+def test_first_run_on_a_fresh_data_dir_equals_the_next(tmp_path, data_dir):
+    """Preparing the dataset (first run on a new data_dir) does not move the random state
+    the model's initial weights come from."""
+    fresh = f"paths.data_dir={tmp_path / 'fresh_data'}"
+    first = _tiny(tmp_path / "a", fresh, "trainer.seed=3", steps=3)[1]["metrics"]
+    again = _tiny(tmp_path / "b", fresh, "trainer.seed=3", steps=3)[1]["metrics"]
+    assert (tmp_path / "fresh_data").is_dir()
+    assert first == again
+
+
 @pytest.mark.parametrize("memory", ["attention", "fixed", "adaptive", "none"])
 def test_defaults_learn_digits(memory, tmp_path, data_dir):
     """The default job (10 epochs on digits) reaches >= 90% test accuracy in every memory mode."""
