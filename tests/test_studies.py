@@ -178,6 +178,14 @@ def test_comparison_covers_every_conf_optimizer():
     assert sorted(module.OPTIMIZERS) == sorted(p.stem for p in (ROOT / "conf" /
                                                                 "optimizer").glob("*.yaml"))
     assert {"ademamix", "muon", "m3", "delta_momentum", "adam", "sgd"} <= set(module.OPTIMIZERS)
+    # the learning-rate sweep too, on a grid that holds every optimizer's default rate
+    from nested_research.study import default_lr
+
+    sweep = load_sweep(str(ROOT / "sweeps" / "lr_per_optimizer.yaml"))["parameters"]
+    assert sorted(sweep["optimizer"]["values"]) == sorted(module.OPTIMIZERS)
+    grid = sweep["optimizer.learning_rate"]["values"]
+    for name in module.OPTIMIZERS:
+        assert min(grid) <= default_lr(name) <= max(grid), name
 
 
 @pytest.mark.parametrize("workloads", [
