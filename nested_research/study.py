@@ -47,6 +47,8 @@ WORKLOADS = {
     "mnist1d_cnn": ["experiment=mnist1d_cnn", "trainer.epochs=10"],
     "recall_transformer": ["experiment=recall_transformer", "trainer.epochs=6",
                            "data.builder_kwargs.config.num_train=4000"],
+    # 10 epochs of 203 steps: >= 2,000 steps, the long-horizon real-data workload
+    "lm_transformer": ["experiment=lm_transformer"],
 }
 #: Smoke-test sizes: a few eager steps (no tracing) on small batches.
 QUICK_WORKLOADS = {
@@ -57,6 +59,9 @@ QUICK_WORKLOADS = {
     "recall_transformer": ["experiment=recall_transformer", "trainer.max_steps=4",
                            "trainer.epochs=2", "data.builder_kwargs.config.num_train=256",
                            "data.builder_kwargs.config.num_test=64", "trainer.run_eagerly=true"],
+    "lm_transformer": ["experiment=lm_transformer", "trainer.max_steps=4", "trainer.epochs=2",
+                       "data.builder_kwargs.config.max_bytes=40000",
+                       "trainer.run_eagerly=true"],
 }
 #: Workloads not scored by validation accuracy: (metric, direction).
 METRICS = {"lm_transformer": ("val/bits_per_byte", "min")}

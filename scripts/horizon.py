@@ -32,6 +32,9 @@ VARIANTS = {
     "ademamix": ["optimizer=ademamix"],
 }
 LENGTHS = (1, 3, 9)
+#: Epochs per base length: the workload's epochs (203 steps) cover 1,000 steps 10 times over, so
+#: ``trainer.max_steps`` ends every run (``--base-steps`` up to 2,030).
+EPOCHS_PER_BASE = 10
 SEEDS = (0, 1)
 
 
@@ -117,11 +120,13 @@ def main(argv=None) -> int:
     parser.add_argument("--lr-from", default="studies/compare/comparison.csv")
     parser.add_argument("--publish", default=None)
     args = parser.parse_args(argv)
-    if args.base_steps < 1:
-        parser.error(f"--base-steps={args.base_steps} must be >= 1")
+    if not 1 <= args.base_steps <= 2030:
+        parser.error(f"--base-steps={args.base_steps} must be an integer in [1, 2030] "
+                     "(the workload's 10 epochs per base length)")
     workloads = study.QUICK_WORKLOADS if args.quick else study.WORKLOADS
     base = 1 if args.quick else args.base_steps
     rates = {} if args.quick else tuned_rates(args.lr_from)
+    quick = ["lr_schedule.warmup_steps=0"] if args.quick else []
     outcomes, table = [], ""
     for k in LENGTHS:
         steps = base * k
@@ -133,7 +138,8 @@ def main(argv=None) -> int:
             for seed in SEEDS:
                 job = study.Job(WORKLOAD, label, seed, list(workloads[WORKLOAD]) + overrides + [
                     "lr_schedule=cosine", f"trainer.max_steps={steps}",
-                    f"optimizer.learning_rate={lr:.6g}"], lr=lr, group=f"horizon{k}")
+                    f"trainer.epochs={EPOCHS_PER_BASE * k}",
+                    f"optimizer.learning_rate={lr:.6g}"] + quick, lr=lr, group=f"horizon{k}")
                 outcome = study.run_job(job, args.out)
                 outcome.extra["length"] = steps
                 outcomes.append(outcome)

@@ -23,6 +23,7 @@ from nested_research.data import (
     DataBundle,
     DatasetNotFoundError,
     Mnist1d,
+    PythonStdlibText,
     SklearnDigits,
     load_splits,
     make_recall_config,
@@ -85,10 +86,12 @@ def recall_small(data_dir):
 
 
 def test_import_registers_our_builders():
-    assert EMBEDDED_DATASETS == ("sklearn_digits", "mnist1d", "associative_recall")
+    assert EMBEDDED_DATASETS == ("sklearn_digits", "mnist1d", "associative_recall",
+                                 "python_stdlib_text")
     registered = set(tfds.list_builders(with_community_datasets=False))
     assert set(EMBEDDED_DATASETS) <= registered
-    for name, cls in zip(EMBEDDED_DATASETS, (SklearnDigits, Mnist1d, AssociativeRecall)):
+    for name, cls in zip(EMBEDDED_DATASETS, (SklearnDigits, Mnist1d, AssociativeRecall,
+                                             PythonStdlibText)):
         assert issubclass(cls, tfds.core.GeneratorBasedBuilder)
         assert cls.name == name
         assert str(cls.VERSION) == "1.0.0"
