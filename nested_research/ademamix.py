@@ -38,6 +38,7 @@ import math
 import keras
 from keras import ops
 
+from nested_research import sparse
 from nested_research.family import FamilyOptimizer
 from nested_research.hparams import HParams, integer, param, real
 
@@ -102,7 +103,9 @@ class AdEMAMix(FamilyOptimizer):
         p = self.hparams["ademamix"]
         dtype = variable.dtype
         lr = ops.cast(learning_rate, dtype)
-        g = ops.cast(gradient, dtype)
+        # dense, in the variable's static shape: an Embedding's IndexedSlices (duplicate
+        # rows summed) would otherwise meet Keras' row-wise sparse ops
+        g = sparse.prepare_gradient(gradient, variable, dense_only=True)
         t = ops.cast(self.iterations + 1, dtype)
         idx = self._get_variable_index(variable)
         m1, m2, nu = self._m1[idx], self._m2[idx], self._nu[idx]

@@ -74,6 +74,7 @@ import math
 import keras
 from keras import ops
 
+from nested_research import sparse
 from nested_research.family import FamilyOptimizer
 from nested_research.hparams import HParams, choice, param, real
 
@@ -139,7 +140,9 @@ class DeltaMomentum(FamilyOptimizer):
         p = self.hparams["delta_momentum"]
         dtype = variable.dtype
         lr = ops.cast(learning_rate, dtype)
-        g = ops.cast(gradient, dtype)
+        # dense, in the variable's static shape (an Embedding's IndexedSlices included: the
+        # key projection needs the whole matrix)
+        g = sparse.prepare_gradient(gradient, variable, dense_only=True)
         idx = self._get_variable_index(variable)
         m = self._momentums[idx]
         write = g

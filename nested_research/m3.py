@@ -92,6 +92,7 @@ import re
 import keras
 from keras import ops
 
+from nested_research import sparse
 from nested_research.family import FamilyOptimizer
 from nested_research.hparams import HParams, boolean, integer, param, real
 
@@ -193,7 +194,9 @@ class M3(FamilyOptimizer):
         p = self.hparams["m3"]
         dtype = variable.dtype
         lr = ops.cast(learning_rate, dtype)
-        g = ops.cast(gradient, dtype)
+        # dense, in the variable's static shape: an Embedding's IndexedSlices (duplicate
+        # rows summed) would otherwise meet Keras' row-wise sparse ops
+        g = sparse.prepare_gradient(gradient, variable, dense_only=True)
         step = self.iterations + 1
         t = ops.cast(step, dtype)
         idx = self._get_variable_index(variable)

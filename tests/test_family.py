@@ -84,6 +84,37 @@ def test_skip_nonfinite_leaves_every_variable_untouched(name):
 
 
 @pytest.mark.parametrize("name", sorted(FAMILY))
+def test_row_sparse_gradients_equal_their_dense_form(name):
+    """An Embedding's ``IndexedSlices`` gradient (in a traced step, as ``fit`` gives it) moves
+    every variable and slot as the same gradient in dense form does."""
+    import keras
+    import tensorflow as tf
+
+    cls, _ = FAMILY[name]
+    rng = np.random.default_rng(1)
+    init = rng.normal(size=(12, 4)).astype("float32")
+    rows = [rng.normal(size=(3, 4)).astype("float32") for _ in range(4)]
+    index = [np.array([1, 7, 1]), np.array([0, 11, 5]), np.array([3, 3, 3]),
+             np.array([2, 9, 10])]
+    finals = []
+    for form in ("sparse", "dense"):
+        var = keras.Variable(init, name="table")
+        opt = cls(learning_rate=1e-2)
+
+        @tf.function
+        def step(values, idx):
+            g = tf.IndexedSlices(values, idx, tf.constant([12, 4]))
+            opt.apply([g if form == "sparse" else tf.convert_to_tensor(g)], [var])
+
+        for values, idx in zip(rows, index):
+            step(tf.constant(values), tf.constant(idx))
+        finals.append([np.asarray(var)] + [np.asarray(v) for v in opt.variables])
+    assert not np.allclose(finals[0][0], init)
+    for a, b in zip(*finals):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY))
 def test_skip_nonfinite_must_be_a_bool(name):
     cls, _ = FAMILY[name]
     with pytest.raises(ValueError, match=r"skip_nonfinite=1 must be True or False"):
