@@ -118,6 +118,9 @@ def main(argv=None) -> int:
     parser.add_argument("--base-steps", type=int, default=1000)
     parser.add_argument("--quick", action="store_true", help="3-step base runs: a smoke test")
     parser.add_argument("--lr-from", default="studies/compare/comparison.csv")
+    parser.add_argument("--rates", nargs="*", default=[], metavar="OPTIMIZER=LR",
+                        help="rates to use instead of --lr-from's (e.g. the search's picks "
+                             "before the comparison has finished)")
     parser.add_argument("--publish", default=None)
     args = parser.parse_args(argv)
     if not 1 <= args.base_steps <= 2030:
@@ -126,6 +129,12 @@ def main(argv=None) -> int:
     workloads = study.QUICK_WORKLOADS if args.quick else study.WORKLOADS
     base = 1 if args.quick else args.base_steps
     rates = {} if args.quick else tuned_rates(args.lr_from)
+    for item in args.rates:
+        name, _, value = item.partition("=")
+        try:
+            rates[name] = float(value)
+        except ValueError:
+            parser.error(f"--rates {item!r} must be OPTIMIZER=LR with a number LR")
     quick = ["lr_schedule.warmup_steps=0"] if args.quick else []
     outcomes, table = [], ""
     for k in LENGTHS:
