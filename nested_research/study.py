@@ -67,6 +67,8 @@ QUICK_WORKLOADS = {
 METRICS = {"lm_transformer": ("val/bits_per_byte", "min")}
 SPIKE_RATIO = 1.05
 COST_FILE = "cost.json"
+#: The error of a job that a report-only pass (``run_job(train=False)``) found not run yet.
+NOT_RUN = "not run yet"
 
 
 def optimizers() -> list[str]:
@@ -107,8 +109,9 @@ def compose(overrides):
         return hydra_compose("config", overrides=list(overrides))
 
 
-def run_job(job: Job, study_dir: str, base_overrides=()) -> Outcome:
-    """Run ``job`` unless its results exist; never raises."""
+def run_job(job: Job, study_dir: str, base_overrides=(), train: bool = True) -> Outcome:
+    """Run ``job`` unless its results exist; never raises.  ``train=False``: only read what
+    exists (a job not run yet comes back with ``error == NOT_RUN``)."""
     import keras
 
     from nested_research.job import run
@@ -118,6 +121,8 @@ def run_job(job: Job, study_dir: str, base_overrides=()) -> Outcome:
     if os.path.exists(path):
         with open(path) as fh:
             return Outcome(job, json.load(fh))
+    if not train:
+        return Outcome(job, None, error=NOT_RUN)
     keras.backend.clear_session()
     overrides = ["logger=none", "trainer.verbose=0", f"trainer.seed={job.seed}",
                  *base_overrides, *job.overrides]

@@ -14,7 +14,7 @@ after every optimizer (so partial results land), copies them to ``--publish`` if
 prints the study's cost (runs and CPU time, the resumed runs' included).
 
     python scripts/compare_optimizers.py [--out studies/compare] [--quick]
-        [--workloads ...] [--optimizers ...] [--publish scripts/results]
+        [--workloads ...] [--optimizers ...] [--publish scripts/results] [--report]
 
 A killed study resumes where it stopped (finished runs are reused).
 """
@@ -30,7 +30,7 @@ SEEDS = [0, 1, 2]
 STEM = "comparison"
 
 
-def tune(workload: str, opt: str, overrides: list, out: str, quick: bool):
+def tune(workload: str, opt: str, overrides: list, out: str, quick: bool, train: bool = True):
     """The learning-rate search of ``opt`` on ``workload``: ``(SearchResult, trials)``."""
     metric, direction = study.metric_of(workload)
     trials = {}
@@ -39,8 +39,10 @@ def tune(workload: str, opt: str, overrides: list, out: str, quick: bool):
         job = study.Job(workload, opt, 0, overrides + [f"optimizer={opt}",
                                                       f"optimizer.learning_rate={lr:.6g}"],
                         lr=lr, group="tune")
-        outcome = trials[lr] = study.run_job(job, out)
+        outcome = trials[lr] = study.run_job(job, out, train=train)
         value = study.final_value(outcome.results, metric)
+        if outcome.error == study.NOT_RUN:
+            return value
         print(f"[tune] {workload} {opt} lr={lr:.3g}: {metric}="
               f"{value if outcome.results else outcome.error}", flush=True)
         return value
@@ -75,6 +77,9 @@ def main(argv=None) -> int:
                         help="tiny runs (a few steps), 2 learning rates and 2 seeds: a smoke test")
     parser.add_argument("--workloads", nargs="*", default=None)
     parser.add_argument("--optimizers", nargs="*", default=OPTIMIZERS)
+    parser.add_argument("--report", action="store_true",
+                        help="train nothing: tables from the runs that exist, over the "
+                             "(workload, optimizer) pairs whose search and seeds are complete")
     parser.add_argument("--publish", default=None,
                         help="also copy the tables and figures into this directory")
     args = parser.parse_args(argv)
@@ -86,14 +91,18 @@ def main(argv=None) -> int:
     finals, tuning, searches, table = [], [], {}, ""
     for workload in names:
         for opt in args.optimizers:
-            found, trials = tune(workload, opt, list(workloads[workload]), args.out, args.quick)
+            found, trials = tune(workload, opt, list(workloads[workload]), args.out, args.quick,
+                                 train=not args.report)
+            best = trials[found.best_lr]
+            runs = [best if seed == 0 else study.run_job(
+                study.Job(workload, opt, seed, best.job.overrides, lr=found.best_lr,
+                          group="final"), args.out, train=not args.report) for seed in seeds]
+            if any(o.error == study.NOT_RUN for o in list(trials.values()) + runs):
+                print(f"[report] {workload} {opt}: not complete, left out", flush=True)
+                continue
             searches[workload, opt] = found
             tuning += trials.values()
-            best = trials[found.best_lr]
-            for seed in seeds:
-                job = study.Job(workload, opt, seed, best.job.overrides, lr=found.best_lr,
-                                group="final")
-                finals.append(best if seed == 0 else study.run_job(job, args.out))
+            finals += runs
             table = write(finals, tuning, searches, args.out, args.publish, baselines)
     print(table)
     print(study.cost_line(finals + tuning, args.out), flush=True)

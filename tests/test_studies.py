@@ -218,6 +218,10 @@ def test_compare_optimizers_quick(workloads, tmp_path, data_dir, monkeypatch):
     _run_script("compare_optimizers", out, extra)
     assert {p: p.stat().st_mtime for p in out.glob("runs/*/results.json")} == stamps
     assert (out / "comparison.md").read_text() == md
+    # a report trains nothing and leaves out what is not complete (sgd: never run)
+    _run_script("compare_optimizers", out, extra + ["sgd", "--report"])
+    assert {p: p.stat().st_mtime for p in out.glob("runs/*/results.json")} == stamps
+    assert (out / "comparison.md").read_text() == md
 
 
 #: The variants the quick ablation trains: every memory mode, cosine scoring, compression
