@@ -301,3 +301,36 @@ def test_local_hyperband_sweep_stops_a_bad_trial(local_sweeps):
     assert good.state == also_good.state == "finished" and len(good.history) == 8
     assert bad.state == "stopped" and len(bad.history) < 8
     assert bad.metric < min(good.metric, also_good.metric)
+
+
+def test_horizon_quick(tmp_path, data_dir, monkeypatch):
+    """The horizon script on 1- and 2-step runs of two variants, one seed: a row per length and
+    variant, each length's Adam gap 0, the run lengths as told; a second run trains nothing."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("horizon", ROOT / "scripts" / "horizon.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "LENGTHS", (1, 2))
+    monkeypatch.setattr(module, "SEEDS", (0,))
+    monkeypatch.setattr(module, "VARIANTS", {k: module.VARIANTS[k]
+                                             for k in ("nested_one_tier", "adam")})
+    out = tmp_path / "horizon"
+    assert module.main(["--quick", "--out", str(out)]) == 0
+    rows = _table_rows(out / "horizon.csv")
+    assert [(r["steps"], r["label"]) for r in rows] == [
+        ("1", "adam"), ("1", "nested_one_tier"), ("2", "adam"), ("2", "nested_one_tier")]
+    for r in rows:
+        assert r["failed"] == "0" and float(r["best_val_bpb_mean"]) > 0
+        if r["label"] == "adam":
+            assert float(r["gap_to_adam"]) == 0.0
+    runs = sorted(out.glob("runs/*/results.json"))
+    assert sorted(json.loads(p.read_text())["steps"] for p in runs) == [1, 1, 2, 2]
+    one_tier = [json.loads(p.read_text())["config"]["memory"] for p in runs
+                if "nested_one_tier" in str(p)]
+    assert all(m["memory_blend_mode"] == "fixed" and m["short_term_weight"] == 1.0
+               and m["long_term_weight"] == 0.0 for m in one_tier)
+    assert (out / "horizon.png").stat().st_size > 10_000
+    stamps = {p: p.stat().st_mtime for p in runs}
+    assert module.main(["--quick", "--out", str(out)]) == 0
+    assert {p: p.stat().st_mtime for p in out.glob("runs/*/results.json")} == stamps
