@@ -193,10 +193,10 @@ def test_comparison_covers_every_conf_optimizer():
     pytest.param(None, marks=pytest.mark.slow),   # all workloads: same code path, longer
 ])
 def test_compare_optimizers_quick(workloads, tmp_path, data_dir, monkeypatch):
-    _fewer_steps(monkeypatch, workloads)
+    # (the study's own quick sizes: its training processes do not see a monkeypatch)
     out = tmp_path / "compare"
     extra = (["--workloads", *workloads] if workloads else []) + ["--optimizers", *QUICK_FAMILY]
-    _run_script("compare_optimizers", out, extra)
+    _run_script("compare_optimizers", out, extra + ["--jobs", "2"])  # trains in 2 processes
     rows = _table_rows(out / "comparison.csv")
     got = {(r["workload"], r["label"]) for r in rows}
     from nested_research.study import QUICK_WORKLOADS
