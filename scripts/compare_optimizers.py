@@ -96,8 +96,9 @@ def main(argv=None) -> int:
                              "(workload, optimizer) pairs whose search and seeds are complete")
     parser.add_argument("--jobs", type=int, default=1,
                         help="train in this many processes at once (the optimizers dealt out "
-                             "among them), then tabulate; on 2 cores 2 gives about 1.4x the "
-                             "runs per hour on the small models here")
+                             "among them), then tabulate; the small models here leave much of "
+                             "a second core idle, so 2 pays on 2 cores (seconds to target then "
+                             "count a shared machine)")
     parser.add_argument("--publish", default=None,
                         help="also copy the tables and figures into this directory")
     args = parser.parse_args(argv)
