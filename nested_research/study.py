@@ -156,6 +156,21 @@ def cost_line(outcomes: list[Outcome], study_dir: str) -> str:
             f"({cpu:.0f} s over all cores), {wall / 3600:.2f} hours of training wall time")
 
 
+def train_in_processes(script: str, common: list, flag: str, labels: list, jobs: int) -> None:
+    """``script`` once per share of ``labels`` (``jobs`` processes at once, the labels dealt
+    out among them: ``script *common flag *share``), to the end; ``SystemExit`` if one failed.
+    The study scripts' ``--jobs``: they then tabulate with ``run_job(train=False)``."""
+    import subprocess
+    import sys
+
+    shares = [labels[i::jobs] for i in range(jobs)]
+    procs = [subprocess.Popen([sys.executable, os.path.abspath(script), *common, flag, *share])
+             for share in shares if share]
+    codes = [p.wait() for p in procs]
+    if any(codes):
+        raise SystemExit(f"a training process failed (exit codes {codes})")
+
+
 def publish(study_dir: str, target: str, stem: str) -> None:
     """Copy ``<stem>.md``/``.csv`` and ``<stem>_*.png`` of ``study_dir`` into ``target``."""
     os.makedirs(target, exist_ok=True)

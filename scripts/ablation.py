@@ -11,7 +11,7 @@ into ``--out`` (and ``--publish``) after every variant; the target is the full o
 AlgoPerf-style scores of ``nested_research.scoring``, the full optimizer as the baseline).
 
     python scripts/ablation.py [--out studies/ablation] [--quick] [--workloads ...]
-        [--variants ...] [--publish scripts/results]
+        [--variants ...] [--jobs 2] [--report] [--publish scripts/results]
 
 A killed study resumes where it stopped.
 """
@@ -59,9 +59,23 @@ def main(argv=None) -> int:
     parser.add_argument("--lr-from", default="studies/compare/comparison.csv",
                         help="comparison table whose nested learning rate per workload is used")
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="train in this many processes at once (the variants dealt out "
+                             "among them), then tabulate")
+    parser.add_argument("--report", action="store_true",
+                        help="train nothing: tables from the runs that exist (complete "
+                             "variants only)")
     parser.add_argument("--publish", default=None,
                         help="also copy the tables and figures into this directory")
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs={args.jobs} must be an integer >= 1")
+    if args.jobs > 1 and not args.report:
+        common = ["--out", args.out, "--lr-from", args.lr_from] + \
+            (["--quick"] if args.quick else []) + \
+            (["--workloads", *args.workloads] if args.workloads else [])
+        study.train_in_processes(__file__, common, "--variants", args.variants, args.jobs)
+        args.report = True  # then tabulate what they trained
     tuned = {}
     if not args.quick and os.path.exists(args.lr_from):
         import csv
@@ -76,17 +90,23 @@ def main(argv=None) -> int:
     for workload in names:
         for variant in args.variants:
             overrides = VARIANTS[variant]
+            runs = []
             for seed in seeds:
                 lr = [f"optimizer.learning_rate={tuned[workload]:.6g}"] \
                     if workload in tuned else []
                 job = study.Job(workload, variant, seed,
                                 workloads[workload] + ["optimizer=nested"] + lr + overrides,
                                 lr=tuned.get(workload), group="final")
-                outcome = study.run_job(job, args.out)
-                outcomes.append(outcome)
-                print(f"[ablation] {workload} {variant} s{seed}: "
-                      f"{outcome.results['metrics']['test/accuracy'] if outcome.results else outcome.error}",
-                      flush=True)
+                outcome = study.run_job(job, args.out, train=not args.report)
+                runs.append(outcome)
+                if outcome.error != study.NOT_RUN:
+                    print(f"[ablation] {workload} {variant} s{seed}: "
+                          f"{outcome.results['metrics'].get('test/accuracy') if outcome.results else outcome.error}",
+                          flush=True)
+            if any(o.error == study.NOT_RUN for o in runs):
+                print(f"[report] {workload} {variant}: not complete, left out", flush=True)
+                continue
+            outcomes += runs
             table = write(outcomes, args.out, args.publish)
     print(table)
     print(study.cost_line(outcomes, args.out), flush=True)

@@ -70,20 +70,6 @@ def write(finals, tuning, searches, out, publish, baselines):
     return table
 
 
-def _train_in_processes(args) -> None:
-    """This script once per share of the optimizers (``--jobs`` processes), to the end."""
-    import subprocess
-
-    shares = [args.optimizers[i::args.jobs] for i in range(args.jobs)]
-    common = ["--out", args.out] + (["--quick"] if args.quick else []) + \
-        (["--workloads", *args.workloads] if args.workloads else [])
-    procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), *common,
-                               "--optimizers", *share]) for share in shares if share]
-    codes = [p.wait() for p in procs]
-    if any(codes):
-        raise SystemExit(f"a training process failed (exit codes {codes})")
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="studies/compare")
@@ -105,7 +91,9 @@ def main(argv=None) -> int:
     if args.jobs < 1:
         parser.error(f"--jobs={args.jobs} must be an integer >= 1")
     if args.jobs > 1 and not args.report:
-        _train_in_processes(args)
+        common = ["--out", args.out] + (["--quick"] if args.quick else []) + \
+            (["--workloads", *args.workloads] if args.workloads else [])
+        study.train_in_processes(__file__, common, "--optimizers", args.optimizers, args.jobs)
         args.report = True  # then tabulate what they trained
     workloads = study.QUICK_WORKLOADS if args.quick else study.WORKLOADS
     names = args.workloads or list(workloads)

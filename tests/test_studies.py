@@ -265,6 +265,12 @@ def test_ablation_quick(workloads, tmp_path, data_dir, monkeypatch):
         {(w, v) for w in (workloads or QUICK_WORKLOADS) for v in QUICK_VARIANTS}
     assert (out / "ablation_curves.png").stat().st_size > 10_000
     assert (out / "ablation_profile.png").stat().st_size > 10_000
+    # a report trains nothing and tabulates the complete variants only (one_tier: never run)
+    md = (out / "ablation.md").read_text()
+    stamps = {p: p.stat().st_mtime for p in out.glob("runs/*/results.json")}
+    _run_script("ablation", out, extra + ["one_tier", "--report"])
+    assert {p: p.stat().st_mtime for p in out.glob("runs/*/results.json")} == stamps
+    assert (out / "ablation.md").read_text() == md
     runs = list(out.glob("runs/*/results.json"))
     configs = {json.loads(p.read_text())["config"]["memory"]["memory_blend_mode"] for p in runs}
     assert configs == {"attention", "fixed", "adaptive", "none"}
