@@ -49,7 +49,7 @@ def tune(workload: str, opt: str, overrides: list, out: str, quick: bool, train:
 
     kw = dict(grid=(1.0, 3.0), max_extensions=0) if quick else {}
     found = lr_search.search(trial, study.default_lr(opt), direction, **kw)
-    if found.at_edge and not quick:
+    if found.at_edge and not quick and train:
         print(f"[tune] note: {workload} {opt}: best rate {found.best_lr:.3g} is still at the "
               "edge after the search's extensions", flush=True)
     return found, trials
