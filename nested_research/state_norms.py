@@ -34,6 +34,7 @@ from collections import OrderedDict
 import numpy as np
 
 from nested_research.optimizer_probes import base_optimizer
+from nested_research.stats import layer_of
 
 ROLES = ("fast", "medium", "slow", "second")
 KEYS = {"fast": "state/fast_norm", "medium": "state/medium_norm", "slow": "state/slow_norm",
@@ -41,10 +42,6 @@ KEYS = {"fast": "state/fast_norm", "medium": "state/medium_norm", "slow": "state
 
 #: Slot-name suffixes of Keras' own optimizers and their roles.
 KERAS_ROLES = {"momentum": "fast", "velocity": "second"}
-
-
-def _layer_of(path: str) -> str:
-    return path.rsplit("/", 1)[0] if "/" in path else path
 
 
 def model_variables(opt) -> list:
@@ -93,7 +90,7 @@ class StateReader:
         self._sizes = np.array([max(int(np.prod(v.shape)), 1) for v in variables], np.float64)
         self._groups: "OrderedDict[str, list[int]]" = OrderedDict()
         for i, var in enumerate(variables):
-            self._groups.setdefault(_layer_of(var.path), []).append(i)
+            self._groups.setdefault(layer_of(var.path), []).append(i)
         self.calls = 0
         self._fn = tf.function(self._sums, autograph=False)
 

@@ -235,7 +235,7 @@ def summarize(outcomes: list[Outcome], baselines: set[str]) -> list[dict]:
         best = {label: [scoring.best_value(curve(o.results, metric), direction)
                         for o in ok[label]] for label in labels}
         target = scoring.target(best, baselines, direction)
-        times, seconds = {}, {}
+        times, seconds, reached = {}, {}, {}
         for label in labels:
             steps, secs = [], []
             for o in ok[label]:
@@ -243,6 +243,7 @@ def summarize(outcomes: list[Outcome], baselines: set[str]) -> list[dict]:
                 values = curve(o.results, metric)
                 steps.append(scoring.first_reach(values, at_steps, target, direction))
                 secs.append(scoring.first_reach(values, at_seconds, target, direction))
+            reached[label] = sum(1 for s in steps if math.isfinite(s))
             misses = len(by_key[workload, label]) - len(ok[label])  # failed runs miss too
             times[label] = scoring.median_time(steps + [math.inf] * misses)
             seconds[label] = scoring.median_time(secs + [math.inf] * misses)
@@ -252,9 +253,6 @@ def summarize(outcomes: list[Outcome], baselines: set[str]) -> list[dict]:
             group, good = by_key[workload, label], ok[label]
             test = mean_std([o.results["metrics"].get("test/accuracy") for o in good])
             best_val = mean_std([o.results["metrics"].get("val/best_loss") for o in good])
-            reached = sum(1 for o in good if math.isfinite(scoring.first_reach(
-                curve(o.results, metric), eval_points(o.results, metric)[0], target,
-                direction)))
             val = mean_std(best[label])
             rows.append({
                 "workload": workload, "label": label, "lr": group[0].job.lr,
@@ -263,7 +261,7 @@ def summarize(outcomes: list[Outcome], baselines: set[str]) -> list[dict]:
                 "best_val_loss_mean": best_val[0], "best_val_loss_std": best_val[1],
                 "target_val_acc": target if metric == "val/accuracy" else None,
                 "steps_to_target": _finite(times[label]),
-                "reached": f"{reached}/{len(group)}",
+                "reached": f"{reached[label]}/{len(group)}",
                 "loss_spikes": sum(loss_spikes(o.results) for o in good),
                 "wall_time_mean": mean_std([o.results.get("wall_time") for o in good])[0],
                 "metric": metric, "target": target,
@@ -288,7 +286,8 @@ def _fmt(mean, std, digits=3):
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def _num(x, fmt: str) -> str:
+def number(x, fmt: str) -> str:
+    """``x`` formatted with ``fmt``; ``-`` for ``None`` or a non-finite value."""
     return "-" if x is None or not math.isfinite(x) else format(x, fmt)
 
 
@@ -300,12 +299,12 @@ def markdown_table(rows: list[dict], label_name: str) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         lines.append("| " + " | ".join([
-            r["workload"], r["label"], _num(r["lr"], ".2g"),
+            r["workload"], r["label"], number(r["lr"], ".2g"),
             _fmt(r["test_acc_mean"], r["test_acc_std"]),
             f"{r['metric'].split('/')[-1]} {_fmt(r['val_metric_mean'], r['val_metric_std'])}",
-            f"{_num(r['steps_to_target'], '.0f')} ({r['reached']})",
-            _num(r["ratio_to_best"], ".2f"), _num(r["seconds_to_target"], ".1f"),
-            str(r["loss_spikes"]), _num(r["wall_time_mean"], ".1f"),
+            f"{number(r['steps_to_target'], '.0f')} ({r['reached']})",
+            number(r["ratio_to_best"], ".2f"), number(r["seconds_to_target"], ".1f"),
+            str(r["loss_spikes"]), number(r["wall_time_mean"], ".1f"),
         ]) + " |")
     scores = {r["label"]: (r["score"], r["seconds_score"]) for r in rows}
     lines += ["", f"| {label_name} | score (steps) | score (seconds) |", "|---|---|---|"]
@@ -319,10 +318,15 @@ def write_tables(rows: list[dict], study_dir: str, stem: str, label_name: str) -
     table = markdown_table(rows, label_name)
     with open(os.path.join(study_dir, f"{stem}.md"), "w") as fh:
         fh.write(table + "\n")
-    with open(os.path.join(study_dir, f"{stem}.csv"), "w", newline="") as fh:
+    write_csv(rows, os.path.join(study_dir, f"{stem}.csv"))
+    return table
+
+
+def write_csv(rows: list[dict], path: str) -> None:
+    """``rows`` as a CSV file, the first row's keys as the header."""
+    with open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["workload"])
         writer.writeheader()
         writer.writerows(rows)
-    return table
 
 

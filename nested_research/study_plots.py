@@ -8,7 +8,8 @@ from nested_research import scoring
 from nested_research.study import final_value, metric_of
 
 
-def _pyplot():
+def pyplot():
+    """``matplotlib.pyplot`` on the file-only Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -19,7 +20,7 @@ def _pyplot():
 def plot_curves(outcomes: list, path: str, metric: str | None = None) -> None:
     """Per workload: ``metric`` (default: the workload's own, ``study.metric_of``) per
     epoch, mean over seeds with a +-std band, per label."""
-    plt = _pyplot()
+    plt = pyplot()
 
     workloads = sorted({o.job.workload for o in outcomes})
     fig, axes = plt.subplots(1, len(workloads), figsize=(5 * len(workloads), 3.6), squeeze=False)
@@ -50,7 +51,7 @@ def plot_curves(outcomes: list, path: str, metric: str | None = None) -> None:
 def plot_lr_sensitivity(outcomes: list, path: str) -> None:
     """Per workload: the final validation metric (``study.metric_of``) against the learning
     rate, one line per optimizer: the search's trials."""
-    plt = _pyplot()
+    plt = pyplot()
 
     workloads = sorted({o.job.workload for o in outcomes})
     fig, axes = plt.subplots(1, len(workloads), figsize=(5 * len(workloads), 3.6), squeeze=False)
@@ -73,7 +74,7 @@ def plot_lr_sensitivity(outcomes: list, path: str) -> None:
 def plot_profiles(rows: list[dict], path: str, tau_max: float = scoring.TAU_MAX) -> None:
     """The performance profiles ``rho(tau)`` (steps, and seconds) of every label over the
     workloads of ``rows`` (``study.summarize``), ``tau`` in ``[1, tau_max]``."""
-    plt = _pyplot()
+    plt = pyplot()
     taus = np.linspace(1.0, tau_max, 301)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, column, title in ((axes[0], "ratio_to_best", "steps"),

@@ -17,11 +17,10 @@ A killed study resumes where it stopped (finished runs are reused).
 
 import argparse
 import csv
-import math
 import os
 import sys
 
-from nested_research import study
+from nested_research import scoring, study, study_plots
 
 WORKLOAD = "lm_transformer"
 VARIANTS = {
@@ -54,7 +53,8 @@ def rows_of(outcomes: list) -> list[dict]:
         by_key.setdefault((o.extra["length"], o.job.label), []).append(o)
     rows = []
     for (length, label), group in sorted(by_key.items()):
-        values = [min(v for v in study.curve(o.results, metric)) for o in group if o.results]
+        values = [scoring.best_value(study.curve(o.results, metric), direction)
+                  for o in group if o.results]
         mean, std = study.mean_std(values)
         rows.append({"steps": length, "label": label, "lr": group[0].job.lr,
                      "seeds": len(group), "failed": len(group) - len(values),
@@ -69,11 +69,8 @@ def rows_of(outcomes: list) -> list[dict]:
 def write(outcomes: list, out: str, publish: str | None) -> str:
     rows = rows_of(outcomes)
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "horizon.csv"), "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    fmt = lambda x, f: "-" if x is None or not math.isfinite(x) else format(x, f)  # noqa: E731
+    study.write_csv(rows, os.path.join(out, "horizon.csv"))
+    fmt = study.number
     lines = ["| steps | variant | lr | best val bits/byte (mean ± std) | gap to Adam | seeds |",
              "|---|---|---|---|---|---|"]
     for r in rows:
@@ -91,11 +88,7 @@ def write(outcomes: list, out: str, publish: str | None) -> str:
 
 
 def _plot(rows: list[dict], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = study_plots.pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for label in sorted({r["label"] for r in rows}):
         pts = [r for r in rows if r["label"] == label]
@@ -116,7 +109,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="studies/horizon")
     parser.add_argument("--base-steps", type=int, default=1000)
-    parser.add_argument("--quick", action="store_true", help="3-step base runs: a smoke test")
+    parser.add_argument("--quick", action="store_true", help="1-step base runs: a smoke test")
     parser.add_argument("--lr-from", default="studies/compare/comparison.csv")
     parser.add_argument("--rates", nargs="*", default=[], metavar="OPTIMIZER=LR",
                         help="rates to use instead of --lr-from's (e.g. the search's picks "
