@@ -50,12 +50,27 @@ def build_learning_rate(cfg: DictConfig, steps_per_epoch: int, total_steps: int)
 
 
 def build_optimizer(cfg: DictConfig, steps_per_epoch: int, total_steps: int, stats_every: int):
-    """The optimizer: ``optimizer.params`` plus, for ours, the memory/blend/interval groups."""
+    """The optimizer: ``optimizer.params`` plus, for ours, the memory/blend/interval groups.
+
+    ``optimizer.run_length_params`` names parameters set to the run's length in optimizer steps
+    (``total_steps``) here, as AdEMAMix's authors set its warm-ups; ``[]`` keeps the file's values.
+    """
     lr = build_learning_rate(cfg, steps_per_epoch, total_steps)
-    extra = {}
+    extra = {name: int(total_steps) for name in run_length_params(cfg)}
     if cfg.optimizer.uses_memory_groups:
         for group in ("memory", "blend_mode", "schedule_curve"):
             extra.update(OmegaConf.to_container(cfg[group], resolve=True))
         extra["stats_every"] = stats_every
     # (_convert_: list parameters, e.g. Muon's exclude_layers, reach the optimizer as lists)
     return instantiate(cfg.optimizer.params, learning_rate=lr, _convert_="all", **extra)
+
+
+def run_length_params(cfg: DictConfig) -> list[str]:
+    """``optimizer.run_length_params``, each checked to be one of ``optimizer.params``."""
+    names = cfg.optimizer.get("run_length_params") or []
+    allowed = sorted(k for k in cfg.optimizer.params if k != "_target_")
+    for name in names:
+        if name not in allowed:
+            raise ConfigError(f"optimizer.run_length_params: {name!r} is not a parameter of "
+                              f"{cfg.optimizer.params._target_}; allowed: {allowed}")
+    return list(names)

@@ -156,3 +156,21 @@ def test_config_and_keras_file_round_trips(tmp_path):
     loaded.fit(x[16:], y[16:], batch_size=8, epochs=1, shuffle=False, verbose=0)
     for a, b in zip(m.get_weights(), loaded.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_the_job_sets_the_warmups_to_the_run_length_as_the_paper_does():
+    from nested_research.builders import build_optimizer
+    from nested_research.errors import ConfigError
+    from nested_research.study import compose
+
+    def build(*overrides, total=700):
+        cfg = compose(["optimizer=ademamix", "lr_schedule=constant", "logger=none", *overrides])
+        return build_optimizer(cfg, steps_per_epoch=10, total_steps=total, stats_every=0)
+
+    opt = build()
+    assert (opt.alpha_warmup_steps, opt.beta_3_warmup_steps) == (700, 700)
+    assert build(total=33).alpha_warmup_steps == 33
+    kept = build("optimizer.run_length_params=[]", "optimizer.params.alpha_warmup_steps=50")
+    assert (kept.alpha_warmup_steps, kept.beta_3_warmup_steps) == (50, None)
+    with pytest.raises(ConfigError, match=r"run_length_params: 'alpha_warmup' .*allowed: \["):
+        build("optimizer.run_length_params=[alpha_warmup]")
