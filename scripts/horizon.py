@@ -10,7 +10,7 @@ and each variant's gap to Adam at that length), in ``horizon.md``, ``horizon.csv
 ``horizon.png``.
 
     python scripts/horizon.py [--out studies/horizon] [--base-steps 1000] [--quick]
-        [--publish scripts/results]
+        [--variants ...] [--jobs 2] [--report] [--publish scripts/results]
 
 A killed study resumes where it stopped (finished runs are reused).
 """
@@ -114,8 +114,17 @@ def main(argv=None) -> int:
     parser.add_argument("--rates", nargs="*", default=[], metavar="OPTIMIZER=LR",
                         help="rates to use instead of --lr-from's (e.g. the search's picks "
                              "before the comparison has finished)")
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="train in this many processes at once (the variants dealt out "
+                             "among them), then tabulate")
+    parser.add_argument("--report", action="store_true",
+                        help="train nothing: tables from the runs that exist (a length and "
+                             "variant with all its seeds only)")
     parser.add_argument("--publish", default=None)
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs={args.jobs} must be an integer >= 1")
     if not 1 <= args.base_steps <= 2030:
         parser.error(f"--base-steps={args.base_steps} must be an integer in [1, 2030] "
                      "(the workload's 10 epochs per base length)")
@@ -128,26 +137,39 @@ def main(argv=None) -> int:
             rates[name] = float(value)
         except ValueError:
             parser.error(f"--rates {item!r} must be OPTIMIZER=LR with a number LR")
+    if args.jobs > 1 and not args.report:
+        common = ["--out", args.out, "--base-steps", str(args.base_steps), "--lr-from",
+                  args.lr_from] + (["--quick"] if args.quick else []) + \
+            (["--rates", *args.rates] if args.rates else [])
+        study.train_in_processes(__file__, common, "--variants", args.variants, args.jobs)
+        args.report = True  # then tabulate what they trained
     quick = ["lr_schedule.warmup_steps=0"] if args.quick else []
     outcomes, table = [], ""
     for k in LENGTHS:
         steps = base * k
-        for label, overrides in VARIANTS.items():
+        for label in args.variants:
+            overrides = VARIANTS[label]
             optimizer = overrides[0].split("=", 1)[1]
             lr = rates.get(label, rates.get(optimizer)) if label != "nested_one_tier" \
                 else rates.get("nested")
             lr = lr if lr is not None else study.default_lr(optimizer)
+            runs = []
             for seed in SEEDS:
                 job = study.Job(WORKLOAD, label, seed, list(workloads[WORKLOAD]) + overrides + [
                     "lr_schedule=cosine", f"trainer.max_steps={steps}",
                     f"trainer.epochs={EPOCHS_PER_BASE * k}",
                     f"optimizer.learning_rate={lr:.6g}"] + quick, lr=lr, group=f"horizon{k}")
-                outcome = study.run_job(job, args.out)
+                outcome = study.run_job(job, args.out, train=not args.report)
                 outcome.extra["length"] = steps
-                outcomes.append(outcome)
-                print(f"[horizon] {steps} steps {label} s{seed}: "
-                      f"{outcome.results['metrics'] if outcome.results else outcome.error}",
-                      flush=True)
+                runs.append(outcome)
+                if outcome.error != study.NOT_RUN:
+                    print(f"[horizon] {steps} steps {label} s{seed}: "
+                          f"{outcome.results['metrics'] if outcome.results else outcome.error}",
+                          flush=True)
+            if any(o.error == study.NOT_RUN for o in runs):
+                print(f"[report] {steps} steps {label}: not complete, left out", flush=True)
+                continue
+            outcomes += runs
             table = write(outcomes, args.out, args.publish)
     print(table)
     print(study.cost_line(outcomes, args.out), flush=True)

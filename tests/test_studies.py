@@ -312,7 +312,8 @@ def test_local_hyperband_sweep_stops_a_bad_trial(local_sweeps):
 
 def test_horizon_quick(tmp_path, data_dir, monkeypatch):
     """The horizon script on 1- and 2-step runs of two variants, one seed: a row per length and
-    variant, each length's Adam gap 0, the run lengths as told; a second run trains nothing."""
+    variant, each length's Adam gap 0, the run lengths as told; ``--report`` and a second run
+    train nothing, and a report leaves an incomplete variant out."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("horizon", ROOT / "scripts" / "horizon.py")
@@ -323,6 +324,10 @@ def test_horizon_quick(tmp_path, data_dir, monkeypatch):
     monkeypatch.setattr(module, "VARIANTS", {k: module.VARIANTS[k]
                                              for k in ("nested_one_tier", "adam")})
     out = tmp_path / "horizon"
+    assert module.main(["--quick", "--out", str(out), "--variants", "adam"]) == 0
+    assert module.main(["--quick", "--out", str(out), "--report"]) == 0  # trains nothing:
+    assert len(list(out.glob("runs/*/results.json"))) == 2               # one-tier left out
+    assert {r["label"] for r in _table_rows(out / "horizon.csv")} == {"adam"}
     assert module.main(["--quick", "--out", str(out)]) == 0
     rows = _table_rows(out / "horizon.csv")
     assert [(r["steps"], r["label"]) for r in rows] == [
