@@ -19,7 +19,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from nested_research import preflight
-from nested_research.builders import build_optimizer, make_strategy, model_inputs
+from nested_research.builders import (build_optimizer, make_strategy, model_inputs,
+                                      run_length_params)
 from nested_research.errors import ConfigError
 from nested_research.preflight import Preflighted, data_error, job_output_dir
 
@@ -90,6 +91,8 @@ def run(cfg: DictConfig, output_dir: str, checked: Preflighted | None = None) ->
             if getattr(optimizer, "auto_schedule", False):
                 optimizer.compute_depths_from_model(model)
             config = OmegaConf.to_container(cfg, resolve=True)
+            for name in run_length_params(cfg):  # recorded as the optimizer got them
+                config["optimizer"]["params"][name] = total
             progress = os.path.join(output_dir, "progress.jsonl")
             resume = _prepare_resume(checked.checkpoint, model, tracker, progress)
             tracker.start(config, output_dir)

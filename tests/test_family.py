@@ -18,7 +18,7 @@ from nested_research.family import FamilyOptimizer
 CONF = os.path.join(os.path.dirname(__file__), "..", "conf", "optimizer")
 
 
-def _family():
+def _family_confs():
     out = {}
     for path in sorted(glob.glob(os.path.join(CONF, "*.yaml"))):
         with open(path) as fh:
@@ -30,8 +30,14 @@ def _family():
     return out
 
 
-FAMILY = _family()
-OWN_PARAMS = {k: v for k, v in FAMILY.items() if not v[1]["uses_memory_groups"]}
+#: Every conf file of a family member; ``FAMILY``: one per class (the first by name), for the
+#: tests of the class itself.
+CONFS = _family_confs()
+FAMILY = {}
+for _name, (_cls, _conf) in CONFS.items():
+    if all(_cls is not c for c, _ in FAMILY.values()):
+        FAMILY[_name] = (_cls, _conf)
+OWN_PARAMS = {k: v for k, v in CONFS.items() if not v[1]["uses_memory_groups"]}
 
 
 def _norm(value):
@@ -126,7 +132,7 @@ def test_skip_nonfinite_must_be_a_bool(name):
 #: The issue's members: the family optimizers with their own parameters (the nested optimizer's
 #: trainer runs are test_resume.py's and test_train.py's) and Keras' Muon (conf/optimizer/
 #: muon.yaml), which is not a FamilyOptimizer.
-TRAINED = sorted(set(OWN_PARAMS) | {"muon"})
+TRAINED = sorted({k for k, v in FAMILY.items() if not v[1]["uses_memory_groups"]} | {"muon"})
 STEPS, CUT, WARMUP = 5, 3, 2
 #: Tiny in-process jobs (as tests/inprocess.py's, without Hydra's command line): the digits MLP
 #: with one hidden layer (a Muon/M3 kernel, the ``logits`` kernel and two biases), 5 steps of 72
@@ -270,3 +276,11 @@ def test_resumed_run_equals_the_uninterrupted_run(name, runs_dir, monkeypatch):
     for a, b, path in zip(g["optimizer"], r["optimizer"], paths):
         np.testing.assert_array_equal(b, a, err_msg=path)
     assert resumed["results"]["metrics"] == graph["results"]["metrics"]
+
+
+def test_a_run_records_the_run_length_parameters_it_was_built_with(runs_dir, monkeypatch):
+    """AdEMAMix's warm-ups are the run's length (``optimizer.run_length_params``): the run's
+    results (and W&B config) say so, not the file's ``null``."""
+    params = _trained("ademamix", "graph", runs_dir, monkeypatch)["results"]["config"][
+        "optimizer"]["params"]
+    assert params["alpha_warmup_steps"] == params["beta_3_warmup_steps"] == STEPS
