@@ -9,7 +9,7 @@ search (``--lr-from``; the conf default when the study has not tuned it yet), tr
 and each variant's gap to Adam at that length), in ``horizon.md``, ``horizon.csv`` and
 ``horizon.png``.
 
-    python scripts/horizon.py [--out studies/horizon] [--base-steps 1000] [--quick]
+    python scripts/horizon.py [--out studies/horizon] [--base-steps 700] [--quick]
         [--variants ...] [--jobs 2] [--report] [--publish scripts/results]
 
 A killed study resumes where it stopped (finished runs are reused).
@@ -31,7 +31,7 @@ VARIANTS = {
     "ademamix": ["optimizer=ademamix"],
 }
 LENGTHS = (1, 3, 9)
-#: Epochs per base length: the workload's epochs (203 steps) cover 1,000 steps 10 times over, so
+#: Epochs per base length: the workload's epochs (203 steps) cover 2,030 steps per base length, so
 #: ``trainer.max_steps`` ends every run (``--base-steps`` up to 2,030).
 EPOCHS_PER_BASE = 10
 SEEDS = (0, 1)
@@ -108,7 +108,9 @@ def _plot(rows: list[dict], path: str) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="studies/horizon")
-    parser.add_argument("--base-steps", type=int, default=1000)
+    parser.add_argument("--base-steps", type=int, default=700,
+                        help="the 1x length; 700 (700, 2,100 and 6,300 steps) keeps the whole "
+                             "study near a 2.5-hour session on 2 cores")
     parser.add_argument("--quick", action="store_true", help="1-step base runs: a smoke test")
     parser.add_argument("--lr-from", default="studies/compare/comparison.csv")
     parser.add_argument("--rates", nargs="*", default=[], metavar="OPTIMIZER=LR",
