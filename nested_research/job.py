@@ -10,6 +10,7 @@ The command line (``train.py``) and the studies (``study.py``) call it.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -90,12 +91,13 @@ def run(cfg: DictConfig, output_dir: str, checked: Preflighted | None = None) ->
             optimizer = build_optimizer(cfg, data.steps_per_epoch, total, tracker.stats_every)
             if getattr(optimizer, "auto_schedule", False):
                 optimizer.compute_depths_from_model(model)
-            config = OmegaConf.to_container(cfg, resolve=True)
-            for name in run_length_params(cfg):  # recorded as the optimizer got them
-                config["optimizer"]["params"][name] = total
+            config = OmegaConf.to_container(cfg, resolve=True)  # (checkpoints: as the user set it)
+            recorded = copy.deepcopy(config)  # (W&B, results.json: as the optimizer got it)
+            for name in run_length_params(cfg):
+                recorded["optimizer"]["params"][name] = total
             progress = os.path.join(output_dir, "progress.jsonl")
             resume = _prepare_resume(checked.checkpoint, model, tracker, progress)
-            tracker.start(config, output_dir)
+            tracker.start(recorded, output_dir)
             from nested_research.trainer import fit
 
             checkpointer = None
@@ -122,7 +124,7 @@ def run(cfg: DictConfig, output_dir: str, checked: Preflighted | None = None) ->
             "metrics": result.metrics, "history": result.history, "steps": result.steps,
             "epochs": result.epochs, "wall_time": result.wall_time, "monitor": t.monitor,
             "skipped_steps": result.skipped_steps,
-            "monitor_value": value, "config": config,
+            "monitor_value": value, "config": recorded,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         with open(os.path.join(output_dir, "results.json"), "w") as fh:

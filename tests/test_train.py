@@ -73,8 +73,8 @@ def test_compose_and_instantiate_every_option(group, option, data_dir):
         opt = build_optimizer(cfg, steps_per_epoch=10, total_steps=100, stats_every=0)
         if group == "optimizer":
             assert opt.__class__.__name__.lower().startswith(
-                {"nested": "nestedlearning", "sgd": "sgd",
-                 "delta_momentum": "deltamomentum"}.get(option, option))
+                {"nested": "nestedlearning", "sgd": "sgd", "delta_momentum": "deltamomentum",
+                 "ademamix_no_warmup": "ademamix"}.get(option, option))
             return
         assert isinstance(opt, NestedLearningOptimizer)
         for key, value in OmegaConf.to_container(cfg[group], resolve=True).items():
