@@ -140,6 +140,24 @@ def run_job(job: Job, study_dir: str, base_overrides=(), train: bool = True) -> 
         return Outcome(job, None, error=f"{type(err).__name__}: {err}")
 
 
+
+def run_seeds(jobs: list[Job], study_dir: str, train: bool, tag: str, name: str,
+              show) -> list[Outcome] | None:
+    """``run_job`` for each of ``jobs`` (one group: its seeds), each printed as
+    ``[tag] name s<seed>: show(results)`` (or its error) unless not run yet; ``None`` (and a
+    ``[report]`` line) when one is not run yet, so a report tabulates complete groups only."""
+    runs = []
+    for job in jobs:
+        outcome = run_job(job, study_dir, train=train)
+        runs.append(outcome)
+        if outcome.error != NOT_RUN:
+            shown = show(outcome.results) if outcome.results else outcome.error
+            print(f"[{tag}] {name} s{job.seed}: {shown}", flush=True)
+    if any(o.error == NOT_RUN for o in runs):
+        print(f"[report] {name}: not complete, left out", flush=True)
+        return None
+    return runs
+
 def cost_line(outcomes: list[Outcome], study_dir: str) -> str:
     """The study's cost: its distinct runs, their CPU time (``cost.json``, written when a
     run trained; a resumed run's counts too) and wall time."""

@@ -89,22 +89,14 @@ def main(argv=None) -> int:
     outcomes, table = [], ""
     for workload in names:
         for variant in args.variants:
-            overrides = VARIANTS[variant]
-            runs = []
-            for seed in seeds:
-                lr = [f"optimizer.learning_rate={tuned[workload]:.6g}"] \
-                    if workload in tuned else []
-                job = study.Job(workload, variant, seed,
-                                workloads[workload] + ["optimizer=nested"] + lr + overrides,
-                                lr=tuned.get(workload), group="final")
-                outcome = study.run_job(job, args.out, train=not args.report)
-                runs.append(outcome)
-                if outcome.error != study.NOT_RUN:
-                    print(f"[ablation] {workload} {variant} s{seed}: "
-                          f"{outcome.results['metrics'].get('test/accuracy') if outcome.results else outcome.error}",
-                          flush=True)
-            if any(o.error == study.NOT_RUN for o in runs):
-                print(f"[report] {workload} {variant}: not complete, left out", flush=True)
+            lr = [f"optimizer.learning_rate={tuned[workload]:.6g}"] if workload in tuned else []
+            jobs = [study.Job(workload, variant, seed,
+                              workloads[workload] + ["optimizer=nested"] + lr + VARIANTS[variant],
+                              lr=tuned.get(workload), group="final") for seed in seeds]
+            runs = study.run_seeds(jobs, args.out, not args.report, "ablation",
+                                   f"{workload} {variant}",
+                                   lambda r: r["metrics"].get("test/accuracy"))
+            if runs is None:
                 continue
             outcomes += runs
             table = write(outcomes, args.out, args.publish)

@@ -155,22 +155,17 @@ def main(argv=None) -> int:
             lr = rates.get(label, rates.get(optimizer)) if label != "nested_one_tier" \
                 else rates.get("nested")
             lr = lr if lr is not None else study.default_lr(optimizer)
-            runs = []
-            for seed in SEEDS:
-                job = study.Job(WORKLOAD, label, seed, list(workloads[WORKLOAD]) + overrides + [
-                    "lr_schedule=cosine", f"trainer.max_steps={steps}",
-                    f"trainer.epochs={EPOCHS_PER_BASE * k}",
-                    f"optimizer.learning_rate={lr:.6g}"] + quick, lr=lr, group=f"horizon{k}")
-                outcome = study.run_job(job, args.out, train=not args.report)
-                outcome.extra["length"] = steps
-                runs.append(outcome)
-                if outcome.error != study.NOT_RUN:
-                    print(f"[horizon] {steps} steps {label} s{seed}: "
-                          f"{outcome.results['metrics'] if outcome.results else outcome.error}",
-                          flush=True)
-            if any(o.error == study.NOT_RUN for o in runs):
-                print(f"[report] {steps} steps {label}: not complete, left out", flush=True)
+            jobs = [study.Job(WORKLOAD, label, seed, list(workloads[WORKLOAD]) + overrides + [
+                "lr_schedule=cosine", f"trainer.max_steps={steps}",
+                f"trainer.epochs={EPOCHS_PER_BASE * k}",
+                f"optimizer.learning_rate={lr:.6g}"] + quick, lr=lr, group=f"horizon{k}")
+                for seed in SEEDS]
+            runs = study.run_seeds(jobs, args.out, not args.report, "horizon",
+                                   f"{steps} steps {label}", lambda r: r["metrics"])
+            if runs is None:
                 continue
+            for outcome in runs:
+                outcome.extra["length"] = steps
             outcomes += runs
             table = write(outcomes, args.out, args.publish)
     print(table)
