@@ -6,6 +6,9 @@ its default rate):
 memory tiers -> one tier -> none; the seed's attention -> attention scored by cosine
 (``memory.attention_scoring=cosine``) -> fixed -> adaptive retrieval; depth schedule -> none;
 accumulation off; compression on; per-epoch LR -> cosine -> constant.
+On the language model (runs of 2,030 steps) only ``LM_VARIANTS``: the slow-memory and retrieval
+questions.  The ``full`` variant is the comparison study's ``nested`` run where that study has it
+(same workload, seed, rate and overrides: ``study.borrow``), so it is not trained twice.
 Writes ``ablation.md``, ``ablation.csv``, ``ablation_curves.png`` and ``ablation_profile.png``
 into ``--out`` (and ``--publish``) after every variant; the target is the full optimizer's (the
 AlgoPerf-style scores of ``nested_research.scoring``, the full optimizer as the baseline).
@@ -22,12 +25,12 @@ import sys
 
 from nested_research import study, study_plots
 
-VARIANTS = {
+VARIANTS = {  # the language model's variants first: their runs are the longest
     "full": [],
     "one_tier": ["memory=fixed", "memory.short_term_weight=1.0", "memory.medium_term_weight=0.0",
                  "memory.long_term_weight=0.0"],
-    "no_memory": ["memory=none"],
     "cosine_retrieval": ["memory.attention_scoring=cosine"],
+    "no_memory": ["memory=none"],
     "fixed_retrieval": ["memory=fixed"],
     "adaptive_retrieval": ["memory=adaptive"],
     "no_depth_schedule": ["schedule_curve=none"],
@@ -38,6 +41,8 @@ VARIANTS = {
     "constant_lr": ["lr_schedule=constant"],
 }
 SEEDS = [0, 1, 2]
+#: The variants run on the language-model workload (each of its runs costs about 100 small ones).
+LM_VARIANTS = ("full", "one_tier", "cosine_retrieval")
 
 
 def write(outcomes, out, publish) -> str:
@@ -57,7 +62,8 @@ def main(argv=None) -> int:
                         help="tiny runs (a few steps) and 2 seeds: a smoke test")
     parser.add_argument("--workloads", nargs="*", default=None)
     parser.add_argument("--lr-from", default="studies/compare/comparison.csv",
-                        help="comparison table whose nested learning rate per workload is used")
+                        help="comparison table whose nested learning rate per workload is used; "
+                             "its study's nested runs are the full variant's")
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--jobs", type=int, default=1,
                         help="train in this many processes at once (the variants dealt out "
@@ -89,13 +95,17 @@ def main(argv=None) -> int:
     outcomes, table = [], ""
     for workload in names:
         for variant in args.variants:
+            if workload == "lm_transformer" and variant not in LM_VARIANTS:
+                continue
             lr = [f"optimizer.learning_rate={tuned[workload]:.6g}"] if workload in tuned else []
             jobs = [study.Job(workload, variant, seed,
                               workloads[workload] + ["optimizer=nested"] + lr + VARIANTS[variant],
                               lr=tuned.get(workload), group="final") for seed in seeds]
             runs = study.run_seeds(jobs, args.out, not args.report, "ablation",
                                    f"{workload} {variant}",
-                                   lambda r: r["metrics"].get("test/accuracy"))
+                                   lambda r: r["metrics"].get("test/accuracy"),
+                                   twin=(os.path.dirname(args.lr_from) or ".", "nested")
+                                   if variant == "full" and tuned else None)
             if runs is None:
                 continue
             outcomes += runs

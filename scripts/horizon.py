@@ -2,15 +2,23 @@
 
 On the language-model workload (``experiment=lm_transformer``), the nested optimizer with its
 defaults and with one tier (the short tier only: no slow memory), Adam and AdEMAMix (whose slow
-EMA is the published case for long runs), each at its learning rate from the comparison study's
-search (``--lr-from``; the conf default when the study has not tuned it yet), train for 1x, 3x and
-9x a base length (``trainer.max_steps``; the cosine learning-rate schedule spans each run),
-2 seeds each.  Reported per length and variant: the best validation bits per byte (mean, std,
-and each variant's gap to Adam at that length), in ``horizon.md``, ``horizon.csv`` and
-``horizon.png``.
+EMA is the published case for long runs; its warm-ups span each run), each at its learning rate
+from the comparison study's search (``--lr-from``; the conf default when the study has not tuned
+it yet), train for 1/3, 1 and 3 times the comparison's run (``LENGTHS``: about 680, 2,030 and
+6,090 steps), 2 seeds each.  A longer run reads a longer corpus, not the same one more often:
+every length is the workload's 10 epochs, over the first ``max_bytes * k / 3`` bytes of the
+standard library's sources (``k`` = 1, 3, 9), so no length overfits more than another; the
+workload's per-epoch learning-rate schedule scales with the epoch.  The 3 (middle) length is the
+comparison's own run, so those runs are the comparison's (``study.borrow``: nested, Adam,
+AdEMAMix) and the ablation's (``one_tier``), not trained twice.
 
-    python scripts/horizon.py [--out studies/horizon] [--base-steps 700] [--quick]
-        [--variants ...] [--jobs 2] [--report] [--publish scripts/results]
+Reported per length and variant: the run length in steps, the best validation bits per byte
+(mean, std, and each variant's gap to Adam at that length), in ``horizon.md``, ``horizon.csv``
+and ``horizon.png``.
+
+    python scripts/horizon.py [--out studies/horizon] [--quick] [--variants ...] [--jobs 2]
+        [--lr-from studies/compare/comparison.csv] [--ablation studies/ablation]
+        [--report] [--publish scripts/results]
 
 A killed study resumes where it stopped (finished runs are reused).
 """
@@ -19,6 +27,8 @@ import argparse
 import csv
 import os
 import sys
+
+import numpy as np
 
 from nested_research import scoring, study, study_plots
 
@@ -30,11 +40,13 @@ VARIANTS = {
     "adam": ["optimizer=adam"],
     "ademamix": ["optimizer=ademamix"],
 }
+#: Lengths k: the corpus is ``k / 3`` of the workload's (k = 3: the comparison's run).
 LENGTHS = (1, 3, 9)
-#: Epochs per base length: the workload's epochs (203 steps) cover 2,030 steps per base length, so
-#: ``trainer.max_steps`` ends every run (``--base-steps`` up to 2,030).
-EPOCHS_PER_BASE = 10
 SEEDS = (0, 1)
+#: Where each variant's middle-length runs come from, when that study has them:
+#: (``--lr-from``'s study, or ``--ablation``, label there).
+TWINS = {"nested": ("compare", "nested"), "adam": ("compare", "adam"),
+         "ademamix": ("compare", "ademamix"), "nested_one_tier": ("ablation", "one_tier")}
 
 
 def tuned_rates(path: str) -> dict:
@@ -52,16 +64,17 @@ def rows_of(outcomes: list) -> list[dict]:
     for o in outcomes:
         by_key.setdefault((o.extra["length"], o.job.label), []).append(o)
     rows = []
-    for (length, label), group in sorted(by_key.items()):
+    for (k, label), group in sorted(by_key.items()):
+        length = int(np.median([o.results["steps"] for o in group if o.results] or [0]))
         values = [scoring.best_value(study.curve(o.results, metric), direction)
                   for o in group if o.results]
         mean, std = study.mean_std(values)
-        rows.append({"steps": length, "label": label, "lr": group[0].job.lr,
+        rows.append({"length": k, "steps": length, "label": label, "lr": group[0].job.lr,
                      "seeds": len(group), "failed": len(group) - len(values),
                      "best_val_bpb_mean": mean, "best_val_bpb_std": std})
-    adam = {r["steps"]: r["best_val_bpb_mean"] for r in rows if r["label"] == "adam"}
+    adam = {r["length"]: r["best_val_bpb_mean"] for r in rows if r["label"] == "adam"}
     for r in rows:
-        base = adam.get(r["steps"], float("nan"))
+        base = adam.get(r["length"], float("nan"))
         r["gap_to_adam"] = r["best_val_bpb_mean"] - base  # < 0: better than Adam
     return rows
 
@@ -71,10 +84,10 @@ def write(outcomes: list, out: str, publish: str | None) -> str:
     os.makedirs(out, exist_ok=True)
     study.write_csv(rows, os.path.join(out, "horizon.csv"))
     fmt = study.number
-    lines = ["| steps | variant | lr | best val bits/byte (mean ± std) | gap to Adam | seeds |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| steps | corpus | variant | lr | best val bits/byte (mean ± std) | gap to Adam "
+             "| seeds |", "|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['steps']} | {r['label']} | {fmt(r['lr'], '.2g')} | "
+        lines.append(f"| {r['steps']} | {r['length']}/3 | {r['label']} | {fmt(r['lr'], '.2g')} | "
                      f"{fmt(r['best_val_bpb_mean'], '.4f')} ± {fmt(r['best_val_bpb_std'], '.4f')}"
                      f" | {fmt(r['gap_to_adam'], '+.4f')} | {r['seeds'] - r['failed']}"
                      f"/{r['seeds']} |")
@@ -108,11 +121,13 @@ def _plot(rows: list[dict], path: str) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="studies/horizon")
-    parser.add_argument("--base-steps", type=int, default=700,
-                        help="the 1x length; 700 (700, 2,100 and 6,300 steps) keeps the whole "
-                             "study near a 2.5-hour session on 2 cores")
-    parser.add_argument("--quick", action="store_true", help="1-step base runs: a smoke test")
-    parser.add_argument("--lr-from", default="studies/compare/comparison.csv")
+    parser.add_argument("--quick", action="store_true",
+                        help="k-step runs on a small corpus: a smoke test")
+    parser.add_argument("--lr-from", default="studies/compare/comparison.csv",
+                        help="comparison table whose rates are used; its study's runs are the "
+                             "middle length's")
+    parser.add_argument("--ablation", default="studies/ablation",
+                        help="ablation study whose one_tier runs are the middle length's")
     parser.add_argument("--rates", nargs="*", default=[], metavar="OPTIMIZER=LR",
                         help="rates to use instead of --lr-from's (e.g. the search's picks "
                              "before the comparison has finished)")
@@ -127,11 +142,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs={args.jobs} must be an integer >= 1")
-    if not 1 <= args.base_steps <= 2030:
-        parser.error(f"--base-steps={args.base_steps} must be an integer in [1, 2030] "
-                     "(the workload's 10 epochs per base length)")
     workloads = study.QUICK_WORKLOADS if args.quick else study.WORKLOADS
-    base = 1 if args.quick else args.base_steps
     rates = {} if args.quick else tuned_rates(args.lr_from)
     for item in args.rates:
         name, _, value = item.partition("=")
@@ -140,32 +151,35 @@ def main(argv=None) -> int:
         except ValueError:
             parser.error(f"--rates {item!r} must be OPTIMIZER=LR with a number LR")
     if args.jobs > 1 and not args.report:
-        common = ["--out", args.out, "--base-steps", str(args.base_steps), "--lr-from",
-                  args.lr_from] + (["--quick"] if args.quick else []) + \
-            (["--rates", *args.rates] if args.rates else [])
+        common = ["--out", args.out, "--lr-from", args.lr_from, "--ablation", args.ablation] + \
+            (["--quick"] if args.quick else []) + (["--rates", *args.rates] if args.rates else [])
         study.train_in_processes(__file__, common, "--variants", args.variants, args.jobs)
         args.report = True  # then tabulate what they trained
-    quick = ["lr_schedule.warmup_steps=0"] if args.quick else []
+    base = list(workloads[WORKLOAD])
+    corpus = int(study.compose(base).data.builder_kwargs.config.max_bytes)
+    dirs = {"compare": os.path.dirname(args.lr_from) or ".", "ablation": args.ablation}
     outcomes, table = [], ""
     for k in LENGTHS:
-        steps = base * k
         for label in args.variants:
             overrides = VARIANTS[label]
             optimizer = overrides[0].split("=", 1)[1]
             lr = rates.get(label, rates.get(optimizer)) if label != "nested_one_tier" \
                 else rates.get("nested")
             lr = lr if lr is not None else study.default_lr(optimizer)
-            jobs = [study.Job(WORKLOAD, label, seed, list(workloads[WORKLOAD]) + overrides + [
-                "lr_schedule=cosine", f"trainer.max_steps={steps}",
-                f"trainer.epochs={EPOCHS_PER_BASE * k}",
-                f"optimizer.learning_rate={lr:.6g}"] + quick, lr=lr, group=f"horizon{k}")
+            sized = [] if k == 3 else [f"data.builder_kwargs.config.max_bytes={corpus * k // 3}"]
+            if args.quick:  # k steps
+                sized.append(f"trainer.max_steps={k}")
+            jobs = [study.Job(WORKLOAD, label, seed, base + overrides + [
+                f"optimizer.learning_rate={lr:.6g}"] + sized, lr=lr, group=f"horizon{k}")
                 for seed in SEEDS]
+            where, twin_label = TWINS[label]
+            twin = (dirs[where], twin_label) if k == 3 and not args.quick else None
             runs = study.run_seeds(jobs, args.out, not args.report, "horizon",
-                                   f"{steps} steps {label}", lambda r: r["metrics"])
+                                   f"{k}/3 x {label}", lambda r: r["metrics"], twin=twin)
             if runs is None:
                 continue
             for outcome in runs:
-                outcome.extra["length"] = steps
+                outcome.extra["length"] = k
             outcomes += runs
             table = write(outcomes, args.out, args.publish)
     print(table)
