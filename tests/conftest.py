@@ -1,8 +1,15 @@
-"""Shared test setup: quiet TensorFlow, two CPU threads, a fresh Keras session per test."""
+"""Shared test setup: quiet TensorFlow, a fresh Keras session per test, and under
+pytest-xdist (the default: ``-n auto`` in pyproject.toml) each worker's TensorFlow thread pools
+sized to its share of the cores (``nested_research.study.worker_env``): workers with pools as
+large as the machine take turns on its cores."""
 
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    from nested_research.study import worker_env  # noqa: E402  (imports no TensorFlow)
+
+    os.environ.update(worker_env(int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
@@ -52,10 +59,13 @@ def digits_prepared(session_data_dir):
 @pytest.fixture(scope="session", autouse=True)
 def early_session(request, tmp_path_factory, session_data_dir):
     """The selected test modules' ``session_jobs``, one after the other in a thread from the
-    session's first test on (tests/early.py); a test reads its job with ``result(name)``."""
+    session's first test on (tests/early.py); a test reads its job with ``result(name)``.
+    Under pytest-xdist a worker does not know which modules it will run, so each job runs in
+    the test that reads it (the other workers keep the other cores busy)."""
     from early import Early, session_jobs
 
-    jobs = Early(session_jobs(request, tmp_path_factory, session_data_dir))
+    jobs = Early(session_jobs(request, tmp_path_factory, session_data_dir),
+                 lazy=bool(os.environ.get("PYTEST_XDIST_WORKER")))
     yield jobs
     jobs.close()
 

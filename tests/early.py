@@ -61,34 +61,46 @@ def _second_in_line() -> None:
 
 
 class Early:
-    """``{name: fn}``: each ``fn()`` in turn, in a daemon thread, from now."""
+    """``{name: fn}``: each ``fn()`` in turn, in a daemon thread, from now; ``lazy``: no
+    thread, a job runs in the test that first reads it."""
 
-    def __init__(self, jobs: dict):
+    def __init__(self, jobs: dict, lazy: bool = False):
         self._jobs = dict(jobs)
         self._done = {name: threading.Event() for name in self._jobs}
         self._results: dict = {}
         self._children: set = set()
         self._closed = False
-        threading.Thread(target=self._run, daemon=True, name="early-jobs").start()
+        self._lazy = lazy
+        if not lazy:
+            threading.Thread(target=self._run, daemon=True, name="early-jobs").start()
 
     def _run(self):
         _THREAD.early = self
         _second_in_line()
-        for name, fn in self._jobs.items():
-            if self._closed:
-                self._results[name] = (None, RuntimeError(f"early job {name!r} not run: closed"))
-            else:
-                try:
-                    self._results[name] = (fn(), None)
-                except BaseException as err:  # raised in the test that reads it
-                    self._results[name] = (None, err)
-            self._done[name].set()
+        for name in self._jobs:
+            self._run_one(name)
+
+    def _run_one(self, name):
+        if self._closed:
+            self._results[name] = (None, RuntimeError(f"early job {name!r} not run: closed"))
+        else:
+            try:
+                self._results[name] = (self._jobs[name](), None)
+            except BaseException as err:  # raised in the test that reads it
+                self._results[name] = (None, err)
+        self._done[name].set()
 
     def result(self, name: str, timeout: float | None = None):
         """What job ``name`` returned (its exception is raised here)."""
         if name not in self._done:
             raise KeyError(f"no early job {name!r}: its test was not selected when the work "
                            f"started ({sorted(self._done)} were)")
+        if self._lazy and not self._done[name].is_set():
+            _THREAD.early = self
+            try:
+                self._run_one(name)
+            finally:
+                _THREAD.early = None
         if not self._done[name].wait(timeout):
             raise TimeoutError(f"early job {name!r} still running after {timeout} s")
         value, error = self._results[name]
