@@ -1,35 +1,138 @@
-"""The whole study in one command: the comparison, then the ablation, then the horizon.
+"""The whole study in one command: the comparison, the ablation and the horizon, over one pool of
+training processes.
 
-Each step is its script with ``--jobs`` training processes (``study.train_in_processes``) and
-``--publish``; the ablation and the horizon take their rates from the comparison's table and
-reuse its runs where they are the same run (``study.borrow``), so the comparison comes first.
-Every step resumes, so a killed study resumes too: run the same command again.  At the end it
-prints the study's cost: its runs and their CPU time, from the three studies' ``cost.json``
-files, and this invocation's wall time.
+The work is a list of tasks, each one script for one label (``compare_optimizers.py --optimizers
+adam``, ``ablation.py --variants one_tier``, ``horizon.py --variants nested``), run ``--jobs`` at
+a time (each with ``study.worker_env``); a task starts as soon as what it needs has finished, so
+no core waits for a whole step to end:
+
+- the ablation needs the comparison's ``nested`` (its rates, and its runs are the ``full``
+  variant's);
+- each horizon variant needs the comparison of the optimizer whose rate it takes, and the study
+  whose runs are its middle length (``horizon.TWINS``).
+
+The rates they take are written by this script alone (``<root>/compare/rates.csv``, from the
+finished searches), not read from tables that training processes rewrite.  Long tasks are
+queued first.  At the end each script tabulates (``--report``) and publishes, and the study's cost
+is printed: its runs and their CPU time (the three studies' ``cost.json`` files) and this
+invocation's wall time.  Every task resumes, so a killed study resumes: run the same command.
 
     python scripts/run_study.py [--root studies] [--jobs 2] [--publish scripts/results]
 """
 
 import argparse
+import contextlib
+import csv
+import io
 import json
 import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import ablation  # noqa: E402
+import compare_optimizers  # noqa: E402
+import horizon  # noqa: E402
+
+from nested_research import study  # noqa: E402
+
+#: The comparison's optimizers whose results others need, queued first.
+FIRST = ("nested", "adam", "ademamix")
 
 
-def steps(root: str, jobs: int, publish: str) -> list[list[str]]:
-    compare, ablation = os.path.join(root, "compare"), os.path.join(root, "ablation")
-    table = os.path.join(compare, "comparison.csv")
-    common = ["--jobs", str(jobs), "--publish", publish]
-    return [
-        ["compare_optimizers.py", "--out", compare, *common],
-        ["ablation.py", "--out", ablation, "--lr-from", table, *common],
-        ["horizon.py", "--out", os.path.join(root, "horizon"), "--lr-from", table,
-         "--ablation", ablation, *common],
-    ]
+@dataclass
+class Task:
+    name: str
+    args: list
+    needs: tuple = ()
+
+
+def tasks(root: str) -> list[Task]:
+    compare, ablation_dir, rates = _dirs(root)
+    first = [o for o in FIRST if o in compare_optimizers.OPTIMIZERS]
+    rest = [o for o in compare_optimizers.OPTIMIZERS if o not in first]
+
+    def comparison(opt):
+        return Task(f"compare {opt}", ["compare_optimizers.py", "--out", compare,
+                                       "--optimizers", opt])
+
+    def ablate(variant):
+        return Task(f"ablation {variant}", ["ablation.py", "--out", ablation_dir, "--lr-from",
+                                            rates, "--variants", variant],
+                    needs=("compare nested",))
+
+    def horizon_task(variant):
+        optimizer = horizon.VARIANTS[variant][0].split("=", 1)[1]
+        where, label = horizon.TWINS[variant]
+        needs = {f"compare {optimizer}", f"{where} {label}"}
+        return Task(f"horizon {variant}", ["horizon.py", "--out", os.path.join(root, "horizon"),
+                                           "--lr-from", rates, "--ablation", ablation_dir,
+                                           "--variants", variant], needs=tuple(sorted(needs)))
+
+    long_ablation = [v for v in ablation.VARIANTS if v in ablation.LM_VARIANTS]
+    return ([comparison(o) for o in first] + [ablate(v) for v in long_ablation] +
+            [horizon_task(v) for v in horizon.VARIANTS] + [comparison(o) for o in rest] +
+            [ablate(v) for v in ablation.VARIANTS if v not in long_ablation])
+
+
+def _dirs(root):
+    compare = os.path.join(root, "compare")
+    return compare, os.path.join(root, "ablation"), os.path.join(compare, "rates.csv")
+
+
+def write_rates(root: str, optimizers: list[str]) -> None:
+    """``rates.csv`` (workload, label, lr): each finished search's chosen rate."""
+    compare, _, path = _dirs(root)
+    rows = []
+    for opt in optimizers:
+        for workload, overrides in study.WORKLOADS.items():
+            with contextlib.redirect_stdout(io.StringIO()):  # (its per-trial lines)
+                found, trials = compare_optimizers.tune(workload, opt, list(overrides), compare,
+                                                        quick=False, train=False)
+            if all(o.error != study.NOT_RUN for o in trials.values()):
+                rows.append({"workload": workload, "label": opt, "lr": found.best_lr})
+    os.makedirs(compare, exist_ok=True)
+    with open(path + ".tmp", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["workload", "label", "lr"])
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(path + ".tmp", path)
+
+
+def launch(args: list, jobs: int) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, os.path.join(HERE, args[0]), *args[1:]],
+                            env=study.worker_env(jobs))
+
+
+def run_pool(todo: list[Task], root: str, jobs: int) -> list[str]:
+    """Run ``todo`` (module docstring); the names of the tasks that failed or could not start
+    because one they need failed."""
+    pending, running, done, failed = list(todo), {}, set(), []
+    while pending or running:
+        for task in list(pending):
+            if any(n in failed for n in task.needs):
+                pending.remove(task)
+                failed.append(task.name)
+                print(f"[study] {task.name}: not started ({', '.join(task.needs)} failed)",
+                      flush=True)
+            elif len(running) < jobs and all(n in done for n in task.needs):
+                if task.needs:
+                    write_rates(root, sorted(n.split(" ", 1)[1] for n in done
+                                             if n.startswith("compare ")))
+                print(f"[study] start {task.name}", flush=True)
+                running[task.name] = launch(task.args, jobs)
+                pending.remove(task)
+        time.sleep(0.5)
+        for name, proc in list(running.items()):
+            if proc.poll() is not None:
+                del running[name]
+                (done.add(name) if proc.returncode == 0 else failed.append(name))
+                print(f"[study] {name}: exit code {proc.returncode}", flush=True)
+    return failed
 
 
 def cpu_hours(root: str) -> tuple[int, float]:
@@ -56,16 +159,20 @@ def main(argv=None) -> int:
     if args.jobs < 1:
         parser.error(f"--jobs={args.jobs} must be an integer >= 1")
     start = time.time()
-    for step in steps(args.root, args.jobs, args.publish):
-        print(f"[study] {' '.join(step)}", flush=True)
-        code = subprocess.call([sys.executable, os.path.join(HERE, step[0]), *step[1:]])
-        if code:
-            print(f"[study] {step[0]} failed (exit code {code}); run again to resume",
-                  flush=True)
-            return code
+    failed = run_pool(tasks(args.root), args.root, args.jobs)
+    compare, ablation_dir, rates = _dirs(args.root)
+    reports = [["compare_optimizers.py", "--out", compare],
+               ["ablation.py", "--out", ablation_dir, "--lr-from", rates],
+               ["horizon.py", "--out", os.path.join(args.root, "horizon"), "--lr-from", rates,
+                "--ablation", ablation_dir]]
+    for report in reports:
+        launch(report + ["--report", "--publish", args.publish], 1).wait()
     runs, hours = cpu_hours(args.root)
     print(f"[study cost] {runs} runs trained, {hours:.2f} CPU hours; this invocation "
           f"{(time.time() - start) / 3600:.2f} hours of wall time", flush=True)
+    if failed:
+        print(f"[study] failed: {', '.join(failed)}; run again to resume", flush=True)
+        return 1
     return 0
 
 

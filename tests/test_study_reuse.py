@@ -149,35 +149,64 @@ def test_horizon_lengths_scale_the_corpus_not_the_epochs(tmp_path, monkeypatch):
                      "horizon9": {str(corpus * 3)}}
 
 
-def test_run_study_runs_the_three_steps_in_order_and_stops_at_a_failure(tmp_path, monkeypatch,
-                                                                         capsys):
+class _FakeProcess:
+    def __init__(self, code):
+        self.code, self.polls = code, 0
+
+    def poll(self):
+        self.polls += 1
+        return self.code if self.polls > 1 else None
+
+    @property
+    def returncode(self):
+        return self.code
+
+    def wait(self):
+        return self.code
+
+
+def test_run_study_starts_each_task_once_its_needs_finished_jobs_at_a_time(tmp_path,
+                                                                          monkeypatch, capsys):
     runner = _script("run_study")
-    calls = []
+    running, events, rates = [], [], []
 
-    def fake_call(args):
-        calls.append(args)
-        if args[1].endswith("horizon.py"):  # the horizon's runs: one of 30 CPU minutes
-            _cost(tmp_path / "horizon", 1800.0)
-        return 7 if fail and args[1].endswith("ablation.py") else 0
+    def fake_launch(args, jobs):
+        name = f"{'compare' if args[0].startswith('compare') else args[0][:-3]} {args[-1]}"
+        if "--report" in args:
+            events.append(("report", args[0], args))
+            return _FakeProcess(0)
+        events.append(("start", name, len([p for p in running if p.poll() is None])))
+        proc = _FakeProcess(5 if name == fail else 0)
+        running.append(proc)
+        return proc
 
-    def _cost(study_dir, seconds):
-        run = study_dir / "runs" / f"job{len(calls)}"
-        run.mkdir(parents=True)
-        (run / "cost.json").write_text(json.dumps({"cpu_seconds": seconds}))
-
-    monkeypatch.setattr(runner.subprocess, "call", fake_call)
-    _cost(tmp_path / "compare", 3600.0)
-    fail = False
+    monkeypatch.setattr(runner, "launch", fake_launch)
+    monkeypatch.setattr(runner, "write_rates", lambda root, opts: rates.append(opts))
+    monkeypatch.setattr(runner.time, "sleep", lambda s: None)
+    run = tmp_path / "compare" / "runs" / "job"
+    run.mkdir(parents=True)
+    (run / "cost.json").write_text(json.dumps({"cpu_seconds": 5400.0}))
+    fail = None
+    todo = runner.tasks(str(tmp_path))
     assert runner.main(["--root", str(tmp_path), "--publish", "pub"]) == 0
-    assert [os.path.basename(c[1]) for c in calls] == ["compare_optimizers.py", "ablation.py",
-                                                       "horizon.py"]
-    table = str(tmp_path / "compare" / "comparison.csv")
-    assert calls[1][calls[1].index("--lr-from") + 1] == table
-    assert calls[2][calls[2].index("--ablation") + 1] == str(tmp_path / "ablation")
-    assert all(c[c.index("--jobs") + 1] == "2" and c[c.index("--publish") + 1] == "pub"
-               for c in calls)
-    assert "[study cost] 2 runs trained, 1.50 CPU hours" in capsys.readouterr().out
-    calls.clear()
-    fail = True
-    assert runner.main(["--root", str(tmp_path)]) == 7
-    assert len(calls) == 2  # the horizon does not start after a failed ablation
+    started = [e[1] for e in events if e[0] == "start"]
+    assert sorted(started) == sorted(t.name for t in todo)           # each task once
+    assert all(e[2] < 2 for e in events if e[0] == "start")           # 2 at a time
+    assert started[:3] == ["compare nested", "compare adam", "compare ademamix"]
+    for task in todo:  # a task starts after what it needs (tasks end in the order they start)
+        assert all(started.index(n) < started.index(task.name) for n in task.needs), task
+    horizon_one_tier = next(t for t in todo if t.name == "horizon nested_one_tier")
+    assert set(horizon_one_tier.needs) == {"compare nested", "ablation one_tier"}
+    assert all("nested" in opts for opts in rates)                   # rates before dependents
+    reports = [e for e in events if e[0] == "report"]
+    assert [r[1] for r in reports] == ["compare_optimizers.py", "ablation.py", "horizon.py"]
+    assert all(r[2][-2:] == ["--publish", "pub"] for r in reports)
+    assert "[study cost] 1 runs trained, 1.50 CPU hours" in capsys.readouterr().out
+    events.clear()
+    fail = "compare nested"  # its dependents do not start; the study says so and fails
+    assert runner.main(["--root", str(tmp_path)]) == 1
+    started = [e[1] for e in events if e[0] == "start"]
+    assert not [n for n in started if n.startswith("ablation") or n in (
+        "horizon nested", "horizon nested_one_tier")]
+    assert "horizon adam" in started  # needs only the comparison of Adam
+    assert "ablation full: not started" in capsys.readouterr().out
