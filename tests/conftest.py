@@ -15,6 +15,7 @@ os.environ.setdefault("WANDB_SILENT", "true")
 
 import gc  # noqa: E402
 
+import nested_research  # noqa: E402,F401  (TensorFlow's start-up lines held to the level: tf_log)
 import keras  # noqa: E402
 import pytest  # noqa: E402
 
