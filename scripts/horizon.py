@@ -119,7 +119,8 @@ def _plot(rows: list[dict], path: str) -> None:
     ax.set_xlabel("run length (optimizer steps; corpus scaled with it)")
     ax.set_ylabel("best validation bits per byte - Adam's")
     ax.set_title("horizon: lm_transformer (error bars: std over seeds)")
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
