@@ -26,6 +26,7 @@ The figures are ``study_plots.py``; the learning-rate search ``lr_search.py``.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import math
@@ -164,8 +165,7 @@ def borrow(job: Job, study_dir: str, label: str) -> Outcome | None:
     """``job``'s outcome when the same run (workload, seed, overrides) finished in another
     study under ``label``: the ablation's ``full`` is the comparison's ``nested``, and so on.
     Its cost stays with the study that trained it (``cost_line``)."""
-    twin = Job(job.workload, label, job.seed, job.overrides, job.lr, job.group)
-    found = run_job(twin, study_dir, train=False)
+    found = run_job(dataclasses.replace(job, label=label), study_dir, train=False)
     return Outcome(job, found.results, extra={"borrowed_from": study_dir}) \
         if found.results else None
 

@@ -111,7 +111,7 @@ def launch(args: list, jobs: int) -> subprocess.Popen:
 def run_pool(todo: list[Task], root: str, jobs: int) -> list[str]:
     """Run ``todo`` (module docstring); the names of the tasks that failed or could not start
     because one they need failed."""
-    pending, running, done, failed = list(todo), {}, set(), []
+    pending, running, done, failed, rated = list(todo), {}, set(), [], None
     while pending or running:
         for task in list(pending):
             if any(n in failed for n in task.needs):
@@ -120,9 +120,10 @@ def run_pool(todo: list[Task], root: str, jobs: int) -> list[str]:
                 print(f"[study] {task.name}: not started ({', '.join(task.needs)} failed)",
                       flush=True)
             elif len(running) < jobs and all(n in done for n in task.needs):
-                if task.needs:
-                    write_rates(root, sorted(n.split(" ", 1)[1] for n in done
-                                             if n.startswith("compare ")))
+                compared = sorted(n.split(" ", 1)[1] for n in done if n.startswith("compare "))
+                if task.needs and compared != rated:  # (written again only when it changed)
+                    write_rates(root, compared)
+                    rated = compared
                 print(f"[study] start {task.name}", flush=True)
                 running[task.name] = launch(task.args, jobs)
                 pending.remove(task)

@@ -76,24 +76,27 @@ def _compare_jobs(workload, opt, lr, seeds, out):
     return [study.Job(workload, opt, s, trial.overrides, lr=lr) for s in seeds]
 
 
-def _write_table(path, rows):
+def _fake_comparison(compare_dir, workload, opt, lr, seeds, metric, curve_of, steps) -> str:
+    """A comparison study whose ``opt`` runs at ``lr`` (``curve_of(seed)``: each seed's
+    ``metric`` per epoch) finished on ``workload``, and its table: the table's path."""
+    for job in _compare_jobs(workload, opt, lr, seeds, compare_dir):
+        _fake_results(compare_dir / "runs" / job.job_id, job.seed, metric, curve_of(job.seed),
+                      steps)
+    path = compare_dir / "comparison.csv"
     with open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=["workload", "label", "lr"])
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerow({"workload": workload, "label": opt, "lr": lr})
+    return str(path)
 
 
 def test_ablation_full_is_the_comparisons_nested_run(tmp_path, capsys):
-    compare_dir = tmp_path / "compare"
     lr = 0.003
-    for job in _compare_jobs("digits_mlp", "nested", lr, (0, 1, 2), compare_dir):
-        _fake_results(compare_dir / "runs" / job.job_id, job.seed, "val/accuracy",
-                      [0.5, 0.8 + job.seed / 100], 20)
-    _write_table(compare_dir / "comparison.csv",
-                 [{"workload": "digits_mlp", "label": "nested", "lr": lr}])
+    table = _fake_comparison(tmp_path / "compare", "digits_mlp", "nested", lr, (0, 1, 2),
+                             "val/accuracy", lambda seed: [0.5, 0.8 + seed / 100], 20)
     out = tmp_path / "ablation"
     assert _script("ablation").main([
-        "--out", str(out), "--lr-from", str(compare_dir / "comparison.csv"),
+        "--out", str(out), "--lr-from", table,
         "--workloads", "digits_mlp", "--variants", "full", "one_tier", "--report"]) == 0
     rows = list(csv.DictReader(open(out / "ablation.csv")))
     assert [(r["workload"], r["label"]) for r in rows] == [("digits_mlp", "full")]
@@ -105,16 +108,11 @@ def test_ablation_full_is_the_comparisons_nested_run(tmp_path, capsys):
 
 
 def test_horizon_middle_length_is_the_comparisons_run(tmp_path):
-    compare_dir = tmp_path / "compare"
-    lr = 0.003
-    for job in _compare_jobs("lm_transformer", "adam", lr, (0, 1), compare_dir):
-        _fake_results(compare_dir / "runs" / job.job_id, job.seed, "val/bits_per_byte",
-                      [3.0, 2.4 + job.seed / 10], 2030)
-    _write_table(compare_dir / "comparison.csv",
-                 [{"workload": "lm_transformer", "label": "adam", "lr": lr}])
+    table = _fake_comparison(tmp_path / "compare", "lm_transformer", "adam", 0.003, (0, 1),
+                             "val/bits_per_byte", lambda seed: [3.0, 2.4 + seed / 10], 2030)
     out = tmp_path / "horizon"
     assert _script("horizon").main([
-        "--out", str(out), "--lr-from", str(compare_dir / "comparison.csv"),
+        "--out", str(out), "--lr-from", table,
         "--ablation", str(tmp_path / "ablation"), "--variants", "adam", "--report"]) == 0
     rows = list(csv.DictReader(open(out / "horizon.csv")))   # 1/3 and 9/3: not run, left out
     assert [(r["length"], r["steps"], r["label"]) for r in rows] == [("3", "2030", "adam")]
