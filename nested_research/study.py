@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from nested_research import scoring
+from nested_research import processes, scoring
 
 CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
 
@@ -170,55 +170,38 @@ def borrow(job: Job, study_dir: str, label: str) -> Outcome | None:
         if found.results else None
 
 
+def cpu_seconds(run_dir: str) -> float | None:
+    """The CPU time of the run in ``run_dir`` (its ``cost.json``), or None if it did not train."""
+    path = os.path.join(run_dir, COST_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as fh:
+        return json.load(fh)["cpu_seconds"]
+
+
 def cost_line(outcomes: list[Outcome], study_dir: str) -> str:
-    """The study's cost: its distinct runs, their CPU time (``cost.json``, written when a
+    """The study's cost: its distinct runs, their CPU time (``cpu_seconds``, written when a
     run trained; a resumed run's counts too) and wall time."""
     seen = {o.job.job_id: o for o in outcomes}
     cpu = wall = 0.0
     for job_id, o in seen.items():
-        path = os.path.join(study_dir, "runs", job_id, COST_FILE)
-        if os.path.exists(path):
-            with open(path) as fh:
-                cpu += json.load(fh)["cpu_seconds"]
+        cpu += cpu_seconds(os.path.join(study_dir, "runs", job_id)) or 0.0
         if o.results:
             wall += o.results.get("wall_time") or 0.0
     return (f"[cost] {len(seen)} runs, {cpu / 3600:.2f} CPU hours "
             f"({cpu:.0f} s over all cores), {wall / 3600:.2f} hours of training wall time")
 
 
-def worker_env(jobs: int, env: dict | None = None) -> dict:
-    """The environment of one of ``jobs`` training processes on this machine: TensorFlow's
-    thread pools sized to its share of the cores (``TF_NUM_INTRAOP_THREADS`` = cores // jobs,
-    ``TF_NUM_INTEROP_THREADS`` = 1), unless the caller's environment sets them.  Two processes
-    that each start a pool as large as the machine take turns on its cores: on 2 cores, two
-    language-model runs of 800 steps took 97 s side by side with the default pools and 51 s
-    with one thread each, with the same results."""
-    env = dict(os.environ if env is None else env)
-    env.setdefault("TF_NUM_INTRAOP_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
-    env.setdefault("TF_NUM_INTEROP_THREADS", "1")
-    return env
-
-
 def train_in_processes(script: str, common: list, flag: str, labels: list, jobs: int) -> None:
-    """``script *common flag label`` for each of ``labels``, ``jobs`` processes at a time (a
-    process per label, each with ``worker_env``; the next label starts when a process ends, so
-    a long label does not hold up a share of short ones), to the end; ``SystemExit`` if one
-    failed.  The study scripts' ``--jobs``: they then tabulate with ``run_job(train=False)``."""
-    import subprocess
+    """``script *common flag label`` for each of ``labels``, a process per label, ``jobs`` at a
+    time (``processes.run_pool``), to the end; ``SystemExit`` if one failed.  The study
+    scripts' ``--jobs``: they then tabulate with ``run_job(train=False)``."""
     import sys
 
-    waiting, running, codes = list(labels), [], []
-    while waiting or running:
-        while waiting and len(running) < jobs:
-            running.append(subprocess.Popen(
-                [sys.executable, os.path.abspath(script), *common, flag, waiting.pop(0)],
-                env=worker_env(jobs)))
-        time.sleep(0.5)
-        for proc in [p for p in running if p.poll() is not None]:
-            running.remove(proc)
-            codes.append(proc.returncode)
-    if any(codes):
-        raise SystemExit(f"a training process failed (exit codes {codes})")
+    argv = [sys.executable, os.path.abspath(script), *common, flag]
+    failed = processes.run_pool([processes.Task(label, [*argv, label]) for label in labels], jobs)
+    if failed:
+        raise SystemExit(f"training processes failed: {', '.join(failed)}")
 
 
 def publish(study_dir: str, target: str, stem: str) -> None:

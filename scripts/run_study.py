@@ -3,7 +3,7 @@ training processes.
 
 The work is a list of tasks, each one script for one label (``compare_optimizers.py --optimizers
 adam``, ``ablation.py --variants one_tier``, ``horizon.py --variants nested``), run ``--jobs`` at
-a time (each with ``study.worker_env``); a task starts as soon as what it needs has finished, so
+a time (``processes.run_pool``); a task starts as soon as what it needs has finished, so
 no core waits for a whole step to end:
 
 - the ablation needs the comparison's ``nested`` (its rates, and its runs are the ``full``
@@ -24,12 +24,10 @@ import argparse
 import contextlib
 import csv
 import io
-import json
 import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -38,17 +36,11 @@ import ablation  # noqa: E402
 import compare_optimizers  # noqa: E402
 import horizon  # noqa: E402
 
-from nested_research import study  # noqa: E402
+from nested_research import processes, study  # noqa: E402
+from nested_research.processes import Task  # noqa: E402
 
 #: The comparison's optimizers whose results others need, queued first.
 FIRST = ("nested", "adam", "ademamix")
-
-
-@dataclass
-class Task:
-    name: str
-    args: list
-    needs: tuple = ()
 
 
 def tasks(root: str) -> list[Task]:
@@ -104,50 +96,36 @@ def write_rates(root: str, optimizers: list[str]) -> None:
 
 
 def launch(args: list, jobs: int) -> subprocess.Popen:
+    """``python scripts/<args[0]> *args[1:]``, sized to one of ``jobs`` processes."""
     return subprocess.Popen([sys.executable, os.path.join(HERE, args[0]), *args[1:]],
-                            env=study.worker_env(jobs))
+                            env=processes.worker_env(jobs))
 
 
 def run_pool(todo: list[Task], root: str, jobs: int) -> list[str]:
     """Run ``todo`` (module docstring); the names of the tasks that failed or could not start
     because one they need failed."""
-    pending, running, done, failed, rated = list(todo), {}, set(), [], None
-    while pending or running:
-        for task in list(pending):
-            if any(n in failed for n in task.needs):
-                pending.remove(task)
-                failed.append(task.name)
-                print(f"[study] {task.name}: not started ({', '.join(task.needs)} failed)",
-                      flush=True)
-            elif len(running) < jobs and all(n in done for n in task.needs):
-                compared = sorted(n.split(" ", 1)[1] for n in done if n.startswith("compare "))
-                if task.needs and compared != rated:  # (written again only when it changed)
-                    write_rates(root, compared)
-                    rated = compared
-                print(f"[study] start {task.name}", flush=True)
-                running[task.name] = launch(task.args, jobs)
-                pending.remove(task)
-        time.sleep(0.5)
-        for name, proc in list(running.items()):
-            if proc.poll() is not None:
-                del running[name]
-                (done.add(name) if proc.returncode == 0 else failed.append(name))
-                print(f"[study] {name}: exit code {proc.returncode}", flush=True)
-    return failed
+    rated = None
+
+    def start(task, finished):
+        nonlocal rated
+        compared = sorted(n.split(" ", 1)[1] for n in finished if n.startswith("compare "))
+        if task.needs and compared != rated:  # (written again only when it changed)
+            write_rates(root, compared)
+            rated = compared
+        return launch(task.argv, jobs)
+
+    return processes.run_pool(todo, jobs, start)
 
 
 def cpu_hours(root: str) -> tuple[int, float]:
     """(runs, CPU hours) over every trained run under ``root``'s studies."""
-    runs, cpu = 0, 0.0
+    costs = []
     for name in ("compare", "ablation", "horizon"):
         base = os.path.join(root, name, "runs")
         for job in sorted(os.listdir(base)) if os.path.isdir(base) else []:
-            path = os.path.join(base, job, "cost.json")
-            if os.path.exists(path):
-                with open(path) as fh:
-                    cpu += json.load(fh)["cpu_seconds"]
-                runs += 1
-    return runs, cpu / 3600
+            costs.append(study.cpu_seconds(os.path.join(base, job)))
+    costs = [c for c in costs if c is not None]
+    return len(costs), sum(costs) / 3600
 
 
 def main(argv=None) -> int:

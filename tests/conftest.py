@@ -1,13 +1,13 @@
 """Shared test setup: quiet TensorFlow, a fresh Keras session per test, and under
 pytest-xdist (the default: ``-n auto`` in pyproject.toml) each worker's TensorFlow thread pools
-sized to its share of the cores (``nested_research.study.worker_env``): workers with pools as
+sized to its share of the cores (``nested_research.processes.worker_env``): workers with pools as
 large as the machine take turns on its cores."""
 
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
-    from nested_research.study import worker_env  # noqa: E402  (imports no TensorFlow)
+    from nested_research.processes import worker_env  # noqa: E402  (imports no TensorFlow)
 
     os.environ.update(worker_env(int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 os.environ.setdefault("WANDB_MODE", "offline")

@@ -10,7 +10,7 @@ import pathlib
 
 import pytest
 
-from nested_research import study
+from nested_research import processes, study
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -24,11 +24,11 @@ def _script(name):
 
 def test_worker_env_sizes_the_pools_and_keeps_the_users(monkeypatch):
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
-    env = study.worker_env(2, {"PATH": "/bin"})
+    env = processes.worker_env(2, {"PATH": "/bin"})
     assert env == {"PATH": "/bin", "TF_NUM_INTRAOP_THREADS": "4", "TF_NUM_INTEROP_THREADS": "1"}
-    assert study.worker_env(16, {})["TF_NUM_INTRAOP_THREADS"] == "1"
+    assert processes.worker_env(16, {})["TF_NUM_INTRAOP_THREADS"] == "1"
     mine = {"TF_NUM_INTRAOP_THREADS": "3", "TF_NUM_INTEROP_THREADS": "2"}
-    assert study.worker_env(2, mine) == mine
+    assert processes.worker_env(2, mine) == mine
 
 
 def test_train_in_processes_runs_a_process_per_label_at_most_jobs_at_once(tmp_path, monkeypatch):
@@ -53,7 +53,7 @@ def test_train_in_processes_runs_a_process_per_label_at_most_jobs_at_once(tmp_pa
         assert sum(1 for s, e in spans if s <= start < e) <= 2
     assert {r[2] for r in records.values()} == {str(max(1, (os.cpu_count() or 1) // 2))}
     assert records["c"][3] == str(["--out", "x", "--variants", "c"])
-    with pytest.raises(SystemExit, match="exit codes"):
+    with pytest.raises(SystemExit, match="training processes failed: bad"):
         study.train_in_processes(str(script), [], "--variants", ["a", "bad"], 2)
 
 
