@@ -117,7 +117,8 @@ def epoch_stream(train, first_epoch: int, epochs: int, skip: int = 0):
     the first loses its first ``skip`` batches (trained before the checkpoint).
     Fed to ``model.fit`` with ``steps_per_epoch``, Keras keeps one iterator for
     the whole fit, so the orders are drawn once per epoch whatever Keras does
-    with iterators.
+    with iterators.  The stream takes ``train``'s ``tf.data.Options`` (a new
+    root does not inherit them from the datasets ``flat_map`` makes).
     """
     import tensorflow as tf
 
@@ -127,7 +128,8 @@ def epoch_stream(train, first_epoch: int, epochs: int, skip: int = 0):
     def one_epoch(epoch):
         return train.skip(tf.where(tf.equal(epoch, first), k, tf.constant(0, tf.int64)))
 
-    return tf.data.Dataset.range(int(first_epoch), int(epochs)).flat_map(one_epoch)
+    stream = tf.data.Dataset.range(int(first_epoch), int(epochs)).flat_map(one_epoch)
+    return stream.with_options(train.options())
 
 
 class EpochCut(keras.callbacks.Callback):

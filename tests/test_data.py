@@ -355,6 +355,25 @@ def test_train_shuffle_is_deterministic_given_seed(data_dir, digits):
     assert sorted(a1) == sorted(a2) == sorted(c1)
 
 
+def test_autotune_is_off_by_default_in_every_split_and_the_epoch_stream(data_dir, digits):
+    """tf.data's autotuner is off unless asked for (``load_splits(autotune=...)``), also in
+    the trainer's stream of epochs (a new root that inherits nothing from ``flat_map``), and
+    the batches are the same either way."""
+    from nested_research.resume import epoch_stream
+
+    off = load_splits("sklearn_digits", data_dir, batch_size=64, seed=3)
+    on = load_splits("sklearn_digits", data_dir, batch_size=64, seed=3, autotune=True)
+    for ds in (off.train, off.val, off.test, epoch_stream(off.train, 1, 3)):
+        assert ds.options().autotune.enabled is False
+    for ds in (on.train, on.val, on.test, epoch_stream(on.train, 1, 3)):
+        assert ds.options().autotune.enabled is not False
+    stream = [y for _, y in epoch_stream(off.train, 0, 2).as_numpy_iterator()]
+    tuned = [y for _, y in epoch_stream(on.train, 0, 2).as_numpy_iterator()]
+    assert len(stream) == 2 * off.steps_per_epoch
+    for a, b in zip(stream, tuned, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_val_fraction_zero_gives_no_val(data_dir, digits):
     bundle = load_splits("sklearn_digits", data_dir, batch_size=500, seed=0, val_fraction=0.0)
     assert bundle.val is None and bundle.val_size == 0
@@ -419,6 +438,7 @@ def test_unknown_dataset_name(tmp_path):
         ("val_fraction", "a lot"),
         ("seed", -1),
         ("shuffle_buffer", 0),
+        ("autotune", "yes"),
         ("builder_kwargs", ["not", "a", "dict"]),
     ],
 )

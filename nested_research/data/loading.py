@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
 
 import tensorflow_datasets as tfds
 
-from nested_research.checks import check_int, check_real
+from nested_research.checks import check_bool, check_int, check_real
 from nested_research.data.assoc_recall import AssociativeRecallConfig
 from nested_research.data.data_dir import (
     DatasetNotFoundError,
@@ -128,13 +128,15 @@ def _validate_args(
     val_fraction: Any,
     builder_kwargs: Any,
     shuffle_buffer: Any,
-) -> Tuple[int, int, float, int, Dict[str, Any]]:
+    autotune: Any,
+) -> Tuple[int, int, float, int, bool, Dict[str, Any]]:
     kwargs = check_source_args(name, data_dir, builder_kwargs)
     batch_size = check_int("batch_size", batch_size, low=1)
     seed = check_int("seed", seed, low=0)
     shuffle_buffer = check_int("shuffle_buffer", shuffle_buffer, low=1)
     fraction = check_real("val_fraction", val_fraction, 0.0, 1.0, high_open=True)
-    return batch_size, seed, fraction, shuffle_buffer, kwargs
+    autotune = check_bool("autotune", autotune)
+    return batch_size, seed, fraction, shuffle_buffer, autotune, kwargs
 
 
 def _classification_kind(builder: tfds.core.DatasetBuilder, name: str) -> str:
@@ -226,6 +228,7 @@ def load_splits(
     val_fraction: float = 0.1,
     builder_kwargs: dict | None = None,
     shuffle_buffer: int = 10000,
+    autotune: bool = False,
 ) -> DataBundle:
     """Load ``name`` from ``data_dir`` as batched train / val / test pipelines.
 
@@ -245,6 +248,15 @@ def load_splits(
             ``{"config": {"num_pairs": 4, "num_train": 2000}}``).
         shuffle_buffer: maximum shuffle buffer size (capped at the number of
             training examples, i.e. a full shuffle for small datasets).
+        autotune: tf.data's autotuner (``tf.data.Options().autotune``).  Off
+            by default: its model thread wakes at a period that doubles up to
+            60 s, and an iterator's destructor waits for it, so on a core
+            shared with training the end of every ``fit`` stalled for up to a
+            minute (a 2,030-step language-model run on one core: 155 s wall,
+            of which 60 s idle; 112 s with it off).  Off, ``AUTOTUNE`` means
+            tf.data's defaults (map parallelism: the core count).  The batches
+            are the same either way; turn it on for input pipelines that need
+            tuning (large decoded images on many cores).
 
     Returns:
         A :class:`DataBundle`.
@@ -260,8 +272,8 @@ def load_splits(
         DataDirError: ``data_dir`` is a file, or an embedded dataset that is
             not prepared cannot be generated into it.
     """
-    batch_size, seed, val_fraction, shuffle_buffer, kwargs = _validate_args(
-        name, data_dir, batch_size, seed, val_fraction, builder_kwargs, shuffle_buffer
+    batch_size, seed, val_fraction, shuffle_buffer, autotune, kwargs = _validate_args(
+        name, data_dir, batch_size, seed, val_fraction, builder_kwargs, shuffle_buffer, autotune
     )
     data_dir = os.path.expanduser(os.fspath(data_dir))
 
@@ -317,7 +329,9 @@ def load_splits(
         ds = ds.batch(batch_size)
         if finish is not None:
             ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE)
-        return ds.prefetch(tf.data.AUTOTUNE), size
+        options = tf.data.Options()
+        options.autotune.enabled = autotune
+        return ds.prefetch(tf.data.AUTOTUNE).with_options(options), size
 
     train, train_size = pipeline(train_split, shuffle=True)
     if val_split is None:
