@@ -32,7 +32,8 @@ from nested_research.steps import StepCounter
 
 #: Config keys that may differ between a run and its resumption (where things are, how loud).
 RESUME_MAY_DIFFER = ("trainer.resume", "trainer.verbose", "trainer.checkpoint_every",
-                     "trainer.keep_checkpoints", "paths.", "data.data_dir", "logger.dir",
+                     "trainer.keep_checkpoints", "paths.", "data.data_dir", "data.autotune",
+                     "logger.dir",
                      "logger.mode", "logger.init_timeout", "logger.finish_timeout")
 
 
@@ -226,8 +227,8 @@ def check_resume(resume: str, config: dict) -> Checkpoint:
             f"{param}: checkpoint {ckpt.path} was written by {kind}: {details}{more}. A run "
             f"resumes with its own settings: repeat its overrides "
             f"({os.path.join(run_dir, '.hydra', 'overrides.yaml')}) and add trainer.resume; only "
-            f"trainer.verbose/checkpoint_every/keep_checkpoints, paths.*, data.data_dir and "
-            f"logger.dir/mode may change")
+            f"trainer.verbose/checkpoint_every/keep_checkpoints, paths.*, data.data_dir, "
+            f"data.autotune and logger.dir/mode may change")
     return ckpt
 
 

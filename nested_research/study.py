@@ -130,8 +130,10 @@ def run_job(job: Job, study_dir: str, base_overrides=(), train: bool = True) -> 
     cpu = time.process_time()
     try:
         run(compose(overrides), out)
-        with open(os.path.join(out, COST_FILE), "w") as fh:
+        cost = os.path.join(out, COST_FILE)
+        with open(cost + ".tmp", "w") as fh:  # (whole or absent: renamed into place)
             json.dump({"cpu_seconds": time.process_time() - cpu}, fh)
+        os.replace(cost + ".tmp", cost)
         with open(path) as fh:
             return Outcome(job, json.load(fh))
     except Exception as err:  # a failed job is a result too
@@ -171,7 +173,8 @@ def borrow(job: Job, study_dir: str, label: str) -> Outcome | None:
 
 
 def cpu_seconds(run_dir: str) -> float | None:
-    """The CPU time of the run in ``run_dir`` (its ``cost.json``), or None if it did not train."""
+    """The CPU time of the run in ``run_dir`` (its ``cost.json``), or None where there is
+    none (not trained in this study, or stopped between its results and its cost)."""
     path = os.path.join(run_dir, COST_FILE)
     if not os.path.exists(path):
         return None
@@ -180,16 +183,18 @@ def cpu_seconds(run_dir: str) -> float | None:
 
 
 def cost_line(outcomes: list[Outcome], study_dir: str) -> str:
-    """The study's cost: its distinct runs, their CPU time (``cpu_seconds``, written when a
-    run trained; a resumed run's counts too) and wall time."""
-    seen = {o.job.job_id: o for o in outcomes}
-    cpu = wall = 0.0
-    for job_id, o in seen.items():
-        cpu += cpu_seconds(os.path.join(study_dir, "runs", job_id)) or 0.0
-        if o.results:
-            wall += o.results.get("wall_time") or 0.0
-    return (f"[cost] {len(seen)} runs, {cpu / 3600:.2f} CPU hours "
-            f"({cpu:.0f} s over all cores), {wall / 3600:.2f} hours of training wall time")
+    """The study's cost: the finished runs it trained itself, their CPU time (each run's
+    ``cost.json``, written when it trained; a resumed run's counts too) and their training
+    wall time; runs borrowed from another study (``borrow``) are counted apart, as that
+    study's cost."""
+    seen = {o.job.job_id: o for o in outcomes if o.results}
+    own = [job_id for job_id, o in seen.items() if "borrowed_from" not in o.extra]
+    cpu = sum(cpu_seconds(os.path.join(study_dir, "runs", job_id)) or 0.0 for job_id in own)
+    wall = sum(seen[job_id].results.get("wall_time") or 0.0 for job_id in own)
+    borrowed = len(seen) - len(own)
+    return (f"[cost] {len(own)} runs, {cpu / 3600:.2f} CPU hours "
+            f"({cpu:.0f} s over all cores), {wall / 3600:.2f} hours of training wall time"
+            + (f"; {borrowed} more runs borrowed from other studies" if borrowed else ""))
 
 
 def train_in_processes(script: str, common: list, flag: str, labels: list, jobs: int) -> None:
@@ -199,7 +204,8 @@ def train_in_processes(script: str, common: list, flag: str, labels: list, jobs:
     import sys
 
     argv = [sys.executable, os.path.abspath(script), *common, flag]
-    failed = processes.run_pool([processes.Task(label, [*argv, label]) for label in labels], jobs)
+    tasks = [processes.Task(label, [*argv, label]) for label in dict.fromkeys(labels)]
+    failed = processes.run_pool(tasks, jobs)
     if failed:
         raise SystemExit(f"training processes failed: {', '.join(failed)}")
 

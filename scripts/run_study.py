@@ -44,6 +44,8 @@ FIRST = ("nested", "adam", "ademamix")
 
 
 def tasks(root: str) -> list[Task]:
+    """The study's tasks, long ones first.  Each ``argv`` is a script of ``scripts/`` and its
+    arguments, which ``launch`` runs with this Python."""
     compare, ablation_dir, rates = _dirs(root)
     first = [o for o in FIRST if o in compare_optimizers.OPTIMIZERS]
     rest = [o for o in compare_optimizers.OPTIMIZERS if o not in first]

@@ -366,12 +366,13 @@ def test_autotune_is_off_by_default_in_every_split_and_the_epoch_stream(data_dir
     for ds in (off.train, off.val, off.test, epoch_stream(off.train, 1, 3)):
         assert ds.options().autotune.enabled is False
     for ds in (on.train, on.val, on.test, epoch_stream(on.train, 1, 3)):
-        assert ds.options().autotune.enabled is not False
-    stream = [y for _, y in epoch_stream(off.train, 0, 2).as_numpy_iterator()]
-    tuned = [y for _, y in epoch_stream(on.train, 0, 2).as_numpy_iterator()]
+        assert ds.options().autotune.enabled is True
+    stream = list(epoch_stream(off.train, 0, 2).as_numpy_iterator())
+    tuned = list(epoch_stream(on.train, 0, 2).as_numpy_iterator())
     assert len(stream) == 2 * off.steps_per_epoch
-    for a, b in zip(stream, tuned, strict=True):
-        np.testing.assert_array_equal(a, b)
+    for (x, y), (x_tuned, y_tuned) in zip(stream, tuned, strict=True):
+        np.testing.assert_array_equal(x, x_tuned)
+        np.testing.assert_array_equal(y, y_tuned)
 
 
 def test_val_fraction_zero_gives_no_val(data_dir, digits):

@@ -287,6 +287,19 @@ def test_checkpoint_of_other_hidden_sizes_is_refused(runs, digits_prepared):
     assert not (runs["base"] / "unused").exists()
 
 
+def test_config_diff_lets_where_and_how_data_is_read_differ():
+    """A resumed run may read its data from elsewhere and with tf.data's autotuner switched
+    (the same batches); a change of the data itself is a difference."""
+    from nested_research.resume import config_diff
+
+    saved = {"data": {"name": "digits", "data_dir": "/a"}, "model": {"hidden_units": [8]}}
+    current = {"data": {"name": "digits", "data_dir": "/b", "autotune": True},
+               "model": {"hidden_units": [8]}}
+    assert config_diff(saved, current) == []
+    current["data"]["name"] = "mnist1d"
+    assert config_diff(saved, current) == [("data.name", "digits", "mnist1d")]
+
+
 def test_resume_of_missing_or_empty_dir_is_a_clear_error(tmp_path, digits_prepared):
     missing = tmp_path / "nope"
     with pytest.raises(ConfigError, match=r"trainer.resume='.*nope': no such directory"):

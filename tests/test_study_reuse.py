@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import re
 
 import pytest
 
@@ -55,6 +56,71 @@ def test_train_in_processes_runs_a_process_per_label_at_most_jobs_at_once(tmp_pa
     assert records["c"][3] == str(["--out", "x", "--variants", "c"])
     with pytest.raises(SystemExit, match="training processes failed: bad"):
         study.train_in_processes(str(script), [], "--variants", ["a", "bad"], 2)
+    for path in log.iterdir():
+        path.unlink()
+    study.train_in_processes(str(script), [], "--variants", ["a", "a", "b"], 2)  # once each
+    assert sorted(p.name for p in log.iterdir()) == ["a", "b"]
+
+
+@pytest.mark.parametrize("todo,jobs,message", [
+    ([processes.Task("a", []), processes.Task("a", [])], 1, "tasks=['a'] must be named once"),
+    ([processes.Task("a", [], needs=("b",))], 1, "needs=['b'] must name tasks of the pool"),
+    ([processes.Task("a", [], needs=("b",)), processes.Task("b", [], needs=("a",))], 1,
+     "must not form a circle"),
+    ([processes.Task("a", [])], 0, "jobs=0 must be an integer >= 1"),
+])
+def test_run_pool_refuses_bad_tasks_before_starting_any(todo, jobs, message):
+    started = []
+    with pytest.raises(ValueError, match=re.escape(message)):
+        processes.run_pool(todo, jobs, lambda task, done: started.append(task))
+    assert not started
+
+
+def test_run_pool_names_only_the_failed_needs_and_stops_its_processes(monkeypatch, capsys):
+    monkeypatch.setattr(processes.time, "sleep", lambda s: None)
+    todo = [processes.Task("ok", []), processes.Task("bad", []),
+            processes.Task("after", [], needs=("ok", "bad"))]
+    procs = {"ok": _FakeProcess(0), "bad": _FakeProcess(1)}
+    assert processes.run_pool(todo, 2, lambda task, done: procs[task.name]) == ["bad", "after"]
+    assert "after: not started (bad failed)" in capsys.readouterr().out
+
+    class Running(_FakeProcess):
+        terminated = False
+
+        def poll(self):
+            return 0 if self.terminated else None
+
+        def terminate(self):
+            self.terminated = True
+
+    first = Running(0)
+
+    def start(task, done):
+        if task.name == "bad":
+            raise RuntimeError("could not write the rates")
+        return first
+
+    with pytest.raises(RuntimeError, match="rates"):
+        processes.run_pool(todo[:2], 2, start)
+    assert first.terminated
+
+
+def test_cost_line_counts_the_studys_own_runs_and_borrowed_ones_apart(tmp_path):
+    def outcome(job_id_seed, cpu, wall, borrowed=False):
+        job = study.Job("digits_mlp", "nested", job_id_seed, ["x=1"])
+        if not borrowed:
+            run = tmp_path / "runs" / job.job_id
+            run.mkdir(parents=True)
+            (run / study.COST_FILE).write_text(json.dumps({"cpu_seconds": cpu}))
+        extra = {"borrowed_from": "elsewhere"} if borrowed else {}
+        return study.Outcome(job, {"wall_time": wall}, extra=extra)
+
+    outcomes = [outcome(0, 1800.0, 3600.0), outcome(1, 1800.0, 1800.0),
+                outcome(2, 0.0, 7200.0, borrowed=True),
+                study.Outcome(study.Job("digits_mlp", "nested", 3, []), None, error=study.NOT_RUN)]
+    assert study.cost_line(outcomes, str(tmp_path)) == (
+        "[cost] 2 runs, 1.00 CPU hours (3600 s over all cores), 1.50 hours of training wall "
+        "time; 1 more runs borrowed from other studies")
 
 
 def _fake_results(path, seed, metric, values, steps):

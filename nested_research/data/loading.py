@@ -252,11 +252,12 @@ def load_splits(
             by default: its model thread wakes at a period that doubles up to
             60 s, and an iterator's destructor waits for it, so on a core
             shared with training the end of every ``fit`` stalled for up to a
-            minute (a 2,030-step language-model run on one core: 155 s wall,
-            of which 60 s idle; 112 s with it off).  Off, ``AUTOTUNE`` means
-            tf.data's defaults (map parallelism: the core count).  The batches
-            are the same either way; turn it on for input pipelines that need
-            tuning (large decoded images on many cores).
+            minute (a 2,030-step language-model run on one core: 155 s wall
+            for 102 s of CPU, 53 s of it idle at the end; 112 s with it off).
+            Off, ``AUTOTUNE`` parallelism and buffer sizes take tf.data's fixed
+            defaults.  The batches are the same either way; turn it on for
+            input pipelines that need tuning (large decoded images on many
+            cores).
 
     Returns:
         A :class:`DataBundle`.
