@@ -14,8 +14,10 @@ no core waits for a whole step to end:
 The rates they take are written by this script alone (``<root>/compare/rates.csv``, from the
 finished searches), not read from tables that training processes rewrite.  Long tasks are
 queued first.  At the end each script tabulates (``--report``) and publishes, and the study's cost
-is printed: its runs and their CPU time (the three studies' ``cost.json`` files) and this
-invocation's wall time.  Every task resumes, so a killed study resumes: run the same command.
+is printed: its runs and their CPU time (the three studies' ``cost.json`` files), this
+invocation's wall time, and the wall time of every invocation so far (``<root>/invocations.json``,
+kept every 30 s, so an invocation that was killed counts to its last half minute).  Every task
+resumes, so a killed study resumes: run the same command.
 
     python scripts/run_study.py [--root studies] [--jobs 2] [--publish scripts/results]
 """
@@ -24,9 +26,11 @@ import argparse
 import contextlib
 import csv
 import io
+import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -130,6 +134,27 @@ def cpu_hours(root: str) -> tuple[int, float]:
     return len(costs), sum(costs) / 3600
 
 
+#: Each invocation's wall time so far (seconds, by start time), under ``--root``.
+INVOCATIONS = "invocations.json"
+
+
+def record_wall(root: str, started: float) -> float:
+    """Write this invocation's wall time so far into ``<root>/invocations.json`` (atomically)
+    and return the wall time of all invocations recorded there, this one included."""
+    path = os.path.join(root, INVOCATIONS)
+    try:
+        with open(path) as fh:
+            walls = json.load(fh)
+    except (OSError, ValueError):
+        walls = {}
+    walls[time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started))] = time.time() - started
+    os.makedirs(root, exist_ok=True)
+    with open(path + ".tmp", "w") as fh:
+        json.dump(walls, fh, indent=1)
+    os.replace(path + ".tmp", path)
+    return sum(walls.values())
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", default="studies",
@@ -139,7 +164,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs={args.jobs} must be an integer >= 1")
-    start = time.time()
+    start, stop = time.time(), threading.Event()
+
+    def heartbeat():  # a killed invocation's time counts too, to the last half minute
+        while not stop.wait(30):
+            record_wall(args.root, start)
+
+    threading.Thread(target=heartbeat, name="study-wall", daemon=True).start()
     failed = run_pool(tasks(args.root), args.root, args.jobs)
     compare, ablation_dir, rates = _dirs(args.root)
     reports = [["compare_optimizers.py", "--out", compare],
@@ -148,9 +179,14 @@ def main(argv=None) -> int:
                 "--ablation", ablation_dir]]
     for report in reports:
         launch(report + ["--report", "--publish", args.publish], 1).wait()
+    stop.set()
+    total = record_wall(args.root, start)
+    with open(os.path.join(args.root, INVOCATIONS)) as fh:
+        count = len(json.load(fh))
     runs, hours = cpu_hours(args.root)
     print(f"[study cost] {runs} runs trained, {hours:.2f} CPU hours; this invocation "
-          f"{(time.time() - start) / 3600:.2f} hours of wall time", flush=True)
+          f"{(time.time() - start) / 3600:.2f} hours of wall time, all {count} invocations "
+          f"{total / 3600:.2f} hours", flush=True)
     if failed:
         print(f"[study] failed: {', '.join(failed)}; run again to resume", flush=True)
         return 1

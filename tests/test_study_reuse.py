@@ -265,7 +265,10 @@ def test_run_study_starts_each_task_once_its_needs_finished_jobs_at_a_time(tmp_p
     reports = [e for e in events if e[0] == "report"]
     assert [r[1] for r in reports] == ["compare_optimizers.py", "ablation.py", "horizon.py"]
     assert all(r[2][-2:] == ["--publish", "pub"] for r in reports)
-    assert "[study cost] 1 runs trained, 1.50 CPU hours" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "[study cost] 1 runs trained, 1.50 CPU hours" in out
+    assert "all 1 invocations" in out
+    (tmp_path / runner.INVOCATIONS).write_text(json.dumps({"2026-01-01T00:00:00": 5400.0}))
     events.clear()
     fail = "compare nested"  # its dependents do not start; the study says so and fails
     assert runner.main(["--root", str(tmp_path)]) == 1
@@ -273,4 +276,7 @@ def test_run_study_starts_each_task_once_its_needs_finished_jobs_at_a_time(tmp_p
     assert not [n for n in started if n.startswith("ablation") or n in (
         "horizon nested", "horizon nested_one_tier")]
     assert "horizon adam" in started  # needs only the comparison of Adam
-    assert "ablation full: not started" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "ablation full: not started" in out
+    assert "all 2 invocations 1.50 hours" in out  # a killed invocation's 1.5 h counts
+    assert len(json.loads((tmp_path / runner.INVOCATIONS).read_text())) == 2
