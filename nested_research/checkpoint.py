@@ -58,6 +58,7 @@ import keras
 import numpy as np
 
 from nested_research.errors import ConfigError
+from nested_research.files import fsync_dir
 
 FORMAT = 1
 DIRNAME = "checkpoints"
@@ -77,19 +78,6 @@ def checkpoints_dir(run_dir: str) -> str:
     return os.path.join(run_dir, DIRNAME)
 
 
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
 def _write_file(path: str, chunks) -> tuple[int, str]:
     """Write ``chunks`` (bytes-likes) to ``path``, fsync; return (size, sha256)."""
     digest, size = hashlib.sha256(), 0
@@ -102,14 +90,6 @@ def _write_file(path: str, chunks) -> tuple[int, str]:
         fh.flush()
         os.fsync(fh.fileno())
     return size, digest.hexdigest()
-
-
-def replace_file(path: str, data: bytes) -> None:
-    """Replace ``path`` by a file holding ``data``, atomically (temporary file, fsync, rename)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    _write_file(tmp, [data])
-    os.replace(tmp, path)
-    _fsync_dir(os.path.dirname(path) or ".")
 
 
 def _np_dtype(name: str) -> np.dtype:
@@ -308,9 +288,9 @@ def write(run_dir: str, step: int, variables: dict[str, list], meta: dict,
                     sha256=sha, rows_sha256=rows_sha,
                     written_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
         _write_file(os.path.join(tmp, "meta.json"), [json.dumps(meta, indent=1).encode()])
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         os.replace(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -26,15 +26,15 @@ import os
 import keras
 
 from nested_research.checkpoint import (Checkpoint, CheckpointError, checkpoints_dir, latest,
-                                        list_checkpoints, mismatch, replace_file,
+                                        list_checkpoints, mismatch,
                                         set_rng_state, state_variables)
+from nested_research.files import replace_file
 from nested_research.steps import StepCounter
 
 #: Config keys that may differ between a run and its resumption (where things are, how loud).
 RESUME_MAY_DIFFER = ("trainer.resume", "trainer.verbose", "trainer.checkpoint_every",
                      "trainer.keep_checkpoints", "paths.", "data.data_dir", "data.autotune",
-                     "logger.dir",
-                     "logger.mode", "logger.init_timeout", "logger.finish_timeout")
+                     "logger.dir", "logger.mode", "logger.init_timeout", "logger.finish_timeout")
 
 
 def check_model(ckpt: Checkpoint, model) -> None:

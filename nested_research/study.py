@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from nested_research import processes, scoring
+from nested_research.files import replace_file
 
 CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
 
@@ -130,10 +131,8 @@ def run_job(job: Job, study_dir: str, base_overrides=(), train: bool = True) -> 
     cpu = time.process_time()
     try:
         run(compose(overrides), out)
-        cost = os.path.join(out, COST_FILE)
-        with open(cost + ".tmp", "w") as fh:  # (whole or absent: renamed into place)
-            json.dump({"cpu_seconds": time.process_time() - cpu}, fh)
-        os.replace(cost + ".tmp", cost)
+        replace_file(os.path.join(out, COST_FILE),
+                     json.dumps({"cpu_seconds": time.process_time() - cpu}))
         with open(path) as fh:
             return Outcome(job, json.load(fh))
     except Exception as err:  # a failed job is a result too

@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass, field
 
 import yaml
 
+from nested_research.files import replace_file
+
 STATES = ("finished", "failed", "stopped")
 
 
@@ -132,12 +134,10 @@ class LocalSweep:
 
     def save(self) -> None:
         os.makedirs(self.out_dir, exist_ok=True)
-        tmp = self.record + ".tmp"
-        with open(tmp, "w") as fh:
-            json.dump({"name": self.name, "metric": self.metric, "goal": self.goal,
-                       "config": self.config, "trials": [asdict(t) for t in self.trials]},
-                      fh, indent=2, default=str)
-        os.replace(tmp, self.record)
+        replace_file(self.record, json.dumps(
+            {"name": self.name, "metric": self.metric, "goal": self.goal,
+             "config": self.config, "trials": [asdict(t) for t in self.trials]},
+            indent=2, default=str))
 
     def propose(self) -> Trial | None:
         import sweeps

@@ -41,6 +41,7 @@ import compare_optimizers  # noqa: E402
 import horizon  # noqa: E402
 
 from nested_research import processes, study  # noqa: E402
+from nested_research.files import replace_file  # noqa: E402
 from nested_research.processes import Task  # noqa: E402
 
 #: The comparison's optimizers whose results others need, queued first.
@@ -94,11 +95,11 @@ def write_rates(root: str, optimizers: list[str]) -> None:
             if all(o.error != study.NOT_RUN for o in trials.values()):
                 rows.append({"workload": workload, "label": opt, "lr": found.best_lr})
     os.makedirs(compare, exist_ok=True)
-    with open(path + ".tmp", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["workload", "label", "lr"])
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(path + ".tmp", path)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=["workload", "label", "lr"])
+    writer.writeheader()
+    writer.writerows(rows)
+    replace_file(path, table.getvalue())
 
 
 def launch(args: list, jobs: int) -> subprocess.Popen:
@@ -138,9 +139,9 @@ def cpu_hours(root: str) -> tuple[int, float]:
 INVOCATIONS = "invocations.json"
 
 
-def record_wall(root: str, started: float) -> float:
-    """Write this invocation's wall time so far into ``<root>/invocations.json`` (atomically)
-    and return the wall time of all invocations recorded there, this one included."""
+def record_wall(root: str, started: float) -> tuple[int, float]:
+    """Write this invocation's wall time so far into ``<root>/invocations.json`` (atomically);
+    return the number of invocations recorded there and their wall time, this one included."""
     path = os.path.join(root, INVOCATIONS)
     try:
         with open(path) as fh:
@@ -149,10 +150,8 @@ def record_wall(root: str, started: float) -> float:
         walls = {}
     walls[time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started))] = time.time() - started
     os.makedirs(root, exist_ok=True)
-    with open(path + ".tmp", "w") as fh:
-        json.dump(walls, fh, indent=1)
-    os.replace(path + ".tmp", path)
-    return sum(walls.values())
+    replace_file(path, json.dumps(walls, indent=1))
+    return len(walls), sum(walls.values())
 
 
 def main(argv=None) -> int:
@@ -180,9 +179,7 @@ def main(argv=None) -> int:
     for report in reports:
         launch(report + ["--report", "--publish", args.publish], 1).wait()
     stop.set()
-    total = record_wall(args.root, start)
-    with open(os.path.join(args.root, INVOCATIONS)) as fh:
-        count = len(json.load(fh))
+    count, total = record_wall(args.root, start)
     runs, hours = cpu_hours(args.root)
     print(f"[study cost] {runs} runs trained, {hours:.2f} CPU hours; this invocation "
           f"{(time.time() - start) / 3600:.2f} hours of wall time, all {count} invocations "
