@@ -210,11 +210,12 @@ def train_in_processes(script: str, common: list, flag: str, labels: list, jobs:
 
 
 def publish(study_dir: str, target: str, stem: str) -> None:
-    """Copy ``<stem>.md``/``.csv`` and ``<stem>_*.png`` of ``study_dir`` into ``target``."""
+    """Copy ``<stem>.md``/``.csv``/``.png`` and ``<stem>_*.png`` of ``study_dir`` into
+    ``target``."""
     os.makedirs(target, exist_ok=True)
     for name in sorted(os.listdir(study_dir)):
-        if name in (f"{stem}.md", f"{stem}.csv") or (name.startswith(f"{stem}_")
-                                                     and name.endswith(".png")):
+        if name in (f"{stem}.md", f"{stem}.csv", f"{stem}.png") or (
+                name.startswith(f"{stem}_") and name.endswith(".png")):
             shutil.copy(os.path.join(study_dir, name), os.path.join(target, name))
 
 

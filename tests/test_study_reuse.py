@@ -280,3 +280,16 @@ def test_run_study_starts_each_task_once_its_needs_finished_jobs_at_a_time(tmp_p
     assert "ablation full: not started" in out
     assert "all 2 invocations 1.50 hours" in out  # a killed invocation's 1.5 h counts
     assert len(json.loads((tmp_path / runner.INVOCATIONS).read_text())) == 2
+
+
+def test_publish_copies_the_studys_tables_and_plots_and_nothing_else(tmp_path):
+    src, dst = tmp_path / "study", tmp_path / "pub"
+    src.mkdir()
+    names = ["horizon.md", "horizon.csv", "horizon.png", "horizon_curves.png",
+             "horizon_notes.txt", "horizons.png", "comparison.md", "runs"]
+    for name in names:
+        (src / name).mkdir() if name == "runs" else (src / name).write_text(name)
+    study.publish(str(src), str(dst), "horizon")
+    assert sorted(os.listdir(dst)) == ["horizon.csv", "horizon.md", "horizon.png",
+                                       "horizon_curves.png"]
+    assert (dst / "horizon.png").read_text() == "horizon.png"
