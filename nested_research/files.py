@@ -7,6 +7,7 @@ study's ``cost.json`` and rates, a sweep's record); it imports no TensorFlow.
 from __future__ import annotations
 
 import os
+import threading
 
 
 def fsync_dir(path: str) -> None:
@@ -25,10 +26,11 @@ def fsync_dir(path: str) -> None:
 
 def replace_file(path: str, data: bytes | str) -> None:
     """Replace ``path`` by a file holding ``data`` (text is UTF-8), atomically: a temporary
-    file beside it, fsynced, renamed over it, and the directory fsynced."""
+    file beside it (named by process and thread, so concurrent writers never share one),
+    fsynced, renamed over it, and the directory fsynced."""
     if isinstance(data, str):
         data = data.encode()
-    tmp = f"{path}.tmp-{os.getpid()}"
+    tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
     with open(tmp, "wb") as fh:
         fh.write(data)
         fh.flush()

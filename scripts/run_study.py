@@ -169,7 +169,8 @@ def main(argv=None) -> int:
         while not stop.wait(30):
             record_wall(args.root, start)
 
-    threading.Thread(target=heartbeat, name="study-wall", daemon=True).start()
+    beat = threading.Thread(target=heartbeat, name="study-wall", daemon=True)
+    beat.start()
     failed = run_pool(tasks(args.root), args.root, args.jobs)
     compare, ablation_dir, rates = _dirs(args.root)
     reports = [["compare_optimizers.py", "--out", compare],
@@ -179,6 +180,7 @@ def main(argv=None) -> int:
     for report in reports:
         launch(report + ["--report", "--publish", args.publish], 1).wait()
     stop.set()
+    beat.join()  # its last write lands before the final one
     count, total = record_wall(args.root, start)
     runs, hours = cpu_hours(args.root)
     print(f"[study cost] {runs} runs trained, {hours:.2f} CPU hours; this invocation "

@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from nested_research import processes, study
+from nested_research import files, processes, study
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -293,3 +293,29 @@ def test_publish_copies_the_studys_tables_and_plots_and_nothing_else(tmp_path):
     assert sorted(os.listdir(dst)) == ["horizon.csv", "horizon.md", "horizon.png",
                                        "horizon_curves.png"]
     assert (dst / "horizon.png").read_text() == "horizon.png"
+
+
+def test_replace_file_keeps_concurrent_writers_of_one_process_apart(tmp_path):
+    """The study's heartbeat thread and its final record write the same file: every write
+    lands whole, none fails, and no temporary file is left."""
+    import threading
+
+    path = tmp_path / "invocations.json"
+    errors = []
+
+    def write(text):
+        try:
+            for _ in range(300):
+                files.replace_file(str(path), text)
+        except OSError as err:  # pragma: no cover - what a shared temporary name gives
+            errors.append(err)
+
+    texts = ["a" * 50_000, "b" * 70_000]
+    threads = [threading.Thread(target=write, args=(t,)) for t in texts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert path.read_text() in texts
+    assert os.listdir(tmp_path) == ["invocations.json"]
