@@ -1,38 +1,31 @@
 """nested-research: a research framework around the Nested Learning optimizer.
 
-``from nested_research import NestedLearningOptimizer`` gives the optimizer;
-the trainer is ``python -m nested_research.train`` (Hydra, configs in ``conf/``).
-TensorFlow is imported on first use of a name below, so tools that need no
-TensorFlow (the local sweep runner) start fast.
+``from nested_research import NestedLearningOptimizer`` gives the optimizer; its relatives and
+the learning-rate schedules are here too.  Importing the package registers every Keras class
+the framework saves (optimizers, schedules, model layers), so ``keras.saving.load_model(path)``
+loads what it writes.  It sets no environment variable and installs no import hook: the quiet
+console (TensorFlow's C++ start-up lines held to ``TF_CPP_MIN_LOG_LEVEL``, default 2) belongs to
+the package's own commands, ``python -m nested_research.<command>`` (:mod:`.core.console`).
 
-A quiet console: ``TF_CPP_MIN_LOG_LEVEL`` defaults to ``2`` (TensorFlow's C++
-INFO and WARNING lines hidden, errors shown; a value already in the environment
-wins), and the first ``import tensorflow`` is held to it too (:mod:`.tf_log`).
+The packages, from the entry point down (each may import only those below it; the contract is
+in ``pyproject.toml`` and checked by the tests):
+
+- :mod:`.train`: the Hydra app, ``python -m nested_research.train``;
+- :mod:`.studies`, :mod:`.bench`: optimizer studies, benchmarks;
+- :mod:`.training`: one job, its fit loop, guard, checkpoints and resume;
+- :mod:`.tracking`: W&B tracking and what it reads of the optimizer;
+- :mod:`.data`, :mod:`.models`: TFDS builders and pipelines; Keras model builders;
+- :mod:`.optimizers`: the optimizer family (:mod:`.optimizers.nested`: ours);
+- :mod:`.core`: errors, checks, typed parameters, files, console.
 """
 
-import importlib
-import os
+from nested_research.core import console as _console
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow's first import
+with _console.command_console():  # a no-op unless a command of the package is starting
+    from nested_research import models as _models  # noqa: F401  (registers the model layers)
+    from nested_research.optimizers import (AdEMAMix, DeltaMomentum, M3, NestedLearningOptimizer,
+                                            PerEpochSchedule, WarmupCosineSchedule)
 
-from nested_research import tf_log  # noqa: E402
-
-tf_log.install()
-
-_EXPORTS = {
-    "AdEMAMix": "nested_research.ademamix",
-    "DeltaMomentum": "nested_research.delta_momentum",
-    "M3": "nested_research.m3",
-    "NestedLearningOptimizer": "nested_research.optimizer",
-    "PerEpochSchedule": "nested_research.lr_schedule",
-    "WarmupCosineSchedule": "nested_research.lr_schedule",
-}
-
-__all__ = list(_EXPORTS)
-__version__ = "0.2.0"
-
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'nested_research' has no attribute {name!r}")
+__all__ = ["AdEMAMix", "DeltaMomentum", "M3", "NestedLearningOptimizer", "PerEpochSchedule",
+           "WarmupCosineSchedule", "__version__"]
+__version__ = "0.3.0"

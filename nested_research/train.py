@@ -31,11 +31,12 @@ import hydra
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from nested_research import preflight
-from nested_research.builders import build_learning_rate, build_optimizer
-from nested_research.errors import ConfigError
-from nested_research.job import run
-from nested_research.preflight import Preflighted, check_output_dirs, check_trainer, validate
+from nested_research.training import preflight
+from nested_research.training.builders import build_learning_rate, build_optimizer
+from nested_research.core.configs import conf_dir
+from nested_research.core.errors import ConfigError
+from nested_research.training.job import run
+from nested_research.training.preflight import Preflighted, check_output_dirs, check_trainer, validate
 
 __all__ = ["ConfigError", "Preflight", "build_learning_rate", "build_optimizer", "check_trainer",
            "main", "run", "validate"]
@@ -78,11 +79,11 @@ def _exit_on_error(check):
         sys.exit(2)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=conf_dir(), config_name="config")
 def main(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
 
-    from nested_research.guard import NonFiniteLossError
+    from nested_research.training.guard import NonFiniteLossError
 
     print(OmegaConf.to_yaml(cfg, resolve=True))
     output_dir = HydraConfig.get().runtime.output_dir

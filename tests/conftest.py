@@ -1,13 +1,13 @@
 """Shared test setup: quiet TensorFlow, a fresh Keras session per test, and under
 pytest-xdist (the default: ``-n auto`` in pyproject.toml) each worker's TensorFlow thread pools
-sized to its share of the cores (``nested_research.processes.worker_env``): workers with pools as
+sized to its share of the cores (``nested_research.studies.processes.worker_env``): workers with pools as
 large as the machine take turns on its cores."""
 
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
-    from nested_research.processes import worker_env  # noqa: E402  (imports no TensorFlow)
+    from nested_research.studies.processes import worker_env  # noqa: E402  (imports no TensorFlow)
 
     os.environ.update(worker_env(int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -77,7 +77,7 @@ _TESTS_SINCE_COLLECTION = [0]
 #: earlier tests) is long-lived, and a collection scans only what is not frozen.  Without
 #: that, the live heap grows past 10^6 objects over the suite and every full collection
 #: (Python's own, and ``keras.backend.clear_session()``'s default in tests and in
-#: ``nested_research.study``) takes about a second.
+#: ``nested_research.studies.runner``) takes about a second.
 COLLECT_EVERY = 10
 
 

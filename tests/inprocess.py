@@ -14,7 +14,7 @@ import pathlib
 import subprocess
 import sys
 
-CONF = pathlib.Path(__file__).resolve().parents[1] / "conf"
+from repo import CONF
 
 
 #: Hydra leaves the test process's logging alone: its ``default`` and ``disabled`` logging

@@ -24,7 +24,7 @@ from typing import Any, Dict, Tuple
 
 import tensorflow_datasets as tfds
 
-from nested_research.checks import check_str
+from nested_research.core.checks import check_str
 from nested_research.data.assoc_recall import make_config as make_recall_config
 from nested_research.data.pystdlib import make_config as make_pystdlib_config
 from nested_research.data.tfrecord import TFRECORD_FRAMING, scan_tfrecord

@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
 
 import tensorflow_datasets as tfds
 
-from nested_research.checks import check_bool, check_int, check_real
+from nested_research.core.checks import check_bool, check_int, check_real
 from nested_research.data.assoc_recall import AssociativeRecallConfig
 from nested_research.data.data_dir import (
     DatasetNotFoundError,

@@ -84,7 +84,7 @@ from typing import Any, Dict, Iterator, List, Tuple
 import numpy as np
 import tensorflow_datasets as tfds
 
-from nested_research.checks import check_int, check_real
+from nested_research.core.checks import check_int, check_real
 from nested_research.data._tfds_compat import LocalGeneratorBuilder
 
 __all__ = [

@@ -1,6 +1,6 @@
 """Argument checks shared by the model builders.
 
-Numbers and choices use :mod:`nested_research.checks`; the checks here are the
+Numbers and choices use :mod:`nested_research.core.checks`; the checks here are the
 ones only models need (shapes, lists of widths, activations, layer names), worded
 the same way: ``<param>=<value!r> must be <what is allowed>``.  List-valued
 arguments accept any non-string sequence, including OmegaConf ``ListConfig``.
@@ -14,7 +14,7 @@ from typing import Any
 
 import keras
 
-from nested_research.checks import check_int, check_real
+from nested_research.core.checks import check_int, check_real
 
 __all__ = [
     "check_activation",

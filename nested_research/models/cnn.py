@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import keras
 
-from nested_research.checks import check_choice, check_int
+from nested_research.core.checks import check_choice, check_int
 from nested_research.models.arguments import (
     check_dropout,
     check_input_shape,

@@ -13,7 +13,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from nested_research.checks import check_bool, check_int
+from nested_research.core.checks import check_bool, check_int
 from nested_research.models.arguments import (
     check_dropout,
     check_input_shape,

@@ -1,0 +1,143 @@
+"""The shell every optimizer of the family shares: declared parameters and ``skip_nonfinite``.
+
+A family optimizer is a ``keras.optimizers.Optimizer`` subclass that lists
+its parameter groups (``HPARAMS``: typed ``hparams.HParams`` dataclasses) and
+writes ``build`` and ``update_step`` over pure update functions.  From the
+groups this base derives, once for every optimizer:
+
+* the constructor keywords and their defaults (``inspect.signature`` shows
+  them), validated by the groups' checks before anything is built;
+* read-only attributes (``opt.beta_2``) and ``opt.hparams[group]``;
+* ``get_config`` (and so ``from_config``, ``.keras`` files, ``serialize``).
+
+Everything else is Keras' own ``Optimizer``: its ``apply`` does gradient
+clipping, weight decay, learning-rate schedules, loss scaling, EMA,
+gradient accumulation and distribution.
+
+``skip_nonfinite`` (every family optimizer takes it; default ``False``):
+when on, a step whose gradients hold any NaN or inf leaves the weights and
+every optimizer variable unchanged (``iterations`` included: learning-rate
+schedules and update intervals run on it, so the next good step is the step
+the skipped one would have been) and adds 1 to ``skipped_steps``.  The
+decision is global under a ``tf.distribute`` strategy (``nonfinite.py``); it
+works under XLA and inside Keras' ``LossScaleOptimizer`` (mixed precision),
+which skips the scaled gradients' overflows itself before calling us.
+Cost: one ``isfinite`` pass over the gradients and a ``cond`` around the
+update.  Measured (``nested_research/bench/optimizer.py``, 4.2M parameters, 2-core
+CPU): nothing measurable in graph mode or for ``attention`` under XLA; 1.8x
+for ``fixed`` under XLA, whose small conditional XLA turns into selects
+(the old and new state both kept, copies added).  Hence off by default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import types
+
+import keras
+from keras import ops
+
+from nested_research.core import hparams
+
+from nested_research.optimizers import nonfinite
+from nested_research.core.hparams import HParams, boolean, param
+
+
+@dataclasses.dataclass(frozen=True)
+class NonFiniteParams(HParams):
+    """Skip steps whose gradients hold NaN or inf (``family.py``)."""
+
+    skip_nonfinite: bool = param(False, boolean())
+
+
+class _Field:
+    """A read-only attribute served from the optimizer's parameter groups."""
+
+    def __init__(self, group: str, name: str):
+        self.group, self.name = group, name
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return self
+        return getattr(obj.hparams[self.group], self.name)
+
+
+class FamilyOptimizer(keras.optimizers.Optimizer):
+    """Base of the family: parameters declared once, ``skip_nonfinite`` (module docstring)."""
+
+    #: ``{group name: HParams class}``; subclasses extend it (``{**Base.HPARAMS, ...}``).
+    HPARAMS: dict = {"nonfinite": NonFiniteParams}
+    #: Leading constructor arguments (before the group keywords) and their defaults.
+    LEADING = (("learning_rate", 0.001),)
+    DEFAULT_NAME = "family"
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for group, params in cls.HPARAMS.items():
+            for name in params.names():
+                own = getattr(cls, name, None)  # (a class may define its own accessor)
+                if own is None or isinstance(own, _Field):
+                    setattr(cls, name, _Field(group, name))
+        head = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=d)
+                for n, d in cls.LEADING]
+        tail = [inspect.Parameter("name", inspect.Parameter.KEYWORD_ONLY,
+                                  default=cls.DEFAULT_NAME)]
+        cls.__signature__ = hparams.signature(head, cls.HPARAMS, tail)
+
+    def __init__(self, learning_rate=0.001, name=None, **kwargs):
+        groups, rest = hparams.split(kwargs, self.HPARAMS)
+        if isinstance(learning_rate, int) and not isinstance(learning_rate, bool):
+            learning_rate = float(learning_rate)
+        super().__init__(learning_rate=learning_rate, name=name or self.DEFAULT_NAME, **rest)
+        self.hparams = types.MappingProxyType(groups)  # (not a dict: Keras tracks dicts)
+        self._skipped_steps = None
+
+    def get_config(self):
+        config = super().get_config()
+        for group in self.hparams.values():
+            config.update(group.as_dict())
+        return config
+
+    @property
+    def model_variables(self) -> list:
+        """The trainable variables the optimizer updates, in its order (after ``build``)."""
+        return list(self._trainable_variables)
+
+    # ------------------------------------------------------------ non-finite steps
+    def build(self, var_list):
+        super().build(var_list)
+        if self.skip_nonfinite:
+            self._skipped_steps = self.add_variable(
+                (), "zeros", "int64", name="skipped_steps", aggregation="only_first_replica")
+
+    @property
+    def skipped_steps(self) -> int:
+        """Steps skipped for NaN/inf gradients (``skip_nonfinite``); 0 before the first."""
+        if self._skipped_steps is None:
+            return 0
+        return int(ops.convert_to_numpy(self._skipped_steps))
+
+    def apply(self, grads, trainable_variables=None):
+        """Keras' ``apply``, unless ``skip_nonfinite`` finds a NaN/inf gradient."""
+        if not self.skip_nonfinite or len(grads) == 0:
+            return super().apply(grads, trainable_variables)
+        grads = list(grads)
+        if trainable_variables is not None:
+            trainable_variables = list(trainable_variables)
+            if not self.built:  # as the base's apply would, but outside the branch
+                with keras.name_scope(self.name, caller=self):
+                    self.build(trainable_variables)
+                self.built = True
+        flags = ops.cast(ops.reshape(ops.logical_not(nonfinite.all_finite(grads)), (1,)),
+                         "float32")
+        base_apply = super().apply
+
+        def count_skip():
+            self._skipped_steps.assign_add(1)
+
+        def decide(total):
+            return total[0] > 0, count_skip
+
+        nonfinite.apply_unless_flagged(
+            flags, lambda g: base_apply(g, trainable_variables), (grads,), decide)

@@ -1,0 +1,159 @@
+"""One training job: ``run(cfg, output_dir)`` trains once as the composed config says.
+
+Builds (with ``instantiate``) the data, the model, the optimizer and the
+tracker, trains (``trainer.fit``), evaluates, and writes ``results.json``,
+``model.keras`` and ``progress.jsonl`` into ``output_dir``; returns the
+monitored metric (``trainer.monitor``).  Nothing is written before the job
+passed ``preflight.preflight`` (once: ``checked`` when the caller ran it).
+The command line (``train.py``) and the studies (``study.py``) call it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from nested_research.training import preflight
+from nested_research.training.builders import (build_optimizer, make_strategy, model_inputs,
+                                      run_length_params)
+from nested_research.core.errors import ConfigError
+from nested_research.training.preflight import Preflighted, data_error, job_output_dir
+
+
+def make_output_dir(output_dir: str) -> None:
+    """Create ``output_dir`` and prove it takes a file (read-only file systems, ACLs)."""
+    import tempfile
+
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        with tempfile.TemporaryFile(dir=output_dir):
+            pass
+    except OSError as err:
+        raise ConfigError(f"hydra.run.dir={str(output_dir)!r} cannot be written "
+                          f"({err.strerror or err}); choose a writable directory with "
+                          f"paths.output_dir=<dir> or NESTED_RESEARCH_OUTPUT_DIR=<dir>") from err
+
+
+def _monitored(metrics: dict, key: str) -> float:
+    if key not in metrics:
+        raise ConfigError(f"trainer.monitor={key!r} is not a logged metric; "
+                          f"available: {sorted(metrics)}")
+    return float(metrics[key])
+
+
+def run(cfg: DictConfig, output_dir: str, checked: Preflighted | None = None) -> float:
+    """Train once as ``cfg`` says; write ``results.json`` to ``output_dir``; return the monitor.
+
+    A resumed run (``trainer.resume``) writes into its own directory instead.  ``checked``:
+    what ``preflight.preflight`` returned for this ``cfg`` and ``output_dir``, when the
+    caller already ran it (the command line's Hydra callback); ``None``: it runs here.
+    """
+    import keras
+    import tensorflow as tf
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)  # TFDS reads are not news
+    output_dir = job_output_dir(cfg, output_dir)
+    if checked is None:
+        checked = preflight.preflight(cfg, output_dir)
+    elif checked.output_dir != os.path.abspath(output_dir):
+        raise ValueError(f"checked={checked!r} is the preflight of another job "
+                         f"(this one writes to {output_dir!r})")
+    make_output_dir(output_dir)
+    t = cfg.trainer
+    keras.utils.set_random_seed(t.seed)
+    if t.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    previous_policy = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy(t.precision)
+    tracker = instantiate(cfg.logger)
+    failed, result, model = True, None, None
+    try:
+        try:
+            data = instantiate(cfg.data, batch_size=t.batch_size, seed=t.seed, _convert_="all")
+        except Exception as err:  # missing/corrupt data, bad data settings
+            raise data_error(cfg, err) from err
+        # again: preparing a dataset (the first run on a fresh data_dir) draws random numbers,
+        # and the model's initial weights must not depend on whether it did
+        keras.utils.set_random_seed(t.seed)
+        strategy = make_strategy(t.strategy)
+        with strategy.scope():
+            model = instantiate(cfg.model, **model_inputs(data), _convert_="all")
+            total = t.epochs * data.steps_per_epoch
+            if t.max_steps is not None:
+                total = min(total, t.max_steps)
+            optimizer = build_optimizer(cfg, data.steps_per_epoch, total, tracker.stats_every)
+            if getattr(optimizer, "auto_schedule", False):
+                optimizer.compute_depths_from_model(model)
+            config = OmegaConf.to_container(cfg, resolve=True)  # (checkpoints: as the user set it)
+            recorded = copy.deepcopy(config)  # (W&B, results.json: as the optimizer got it)
+            for name in run_length_params(cfg):
+                recorded["optimizer"]["params"][name] = total
+            progress = os.path.join(output_dir, "progress.jsonl")
+            resume = _prepare_resume(checked.checkpoint, model, tracker, progress)
+            tracker.start(recorded, output_dir)
+            from nested_research.training.fit import fit
+
+            checkpointer = None
+            if t.get("checkpoint_every") is not None:
+                from nested_research.training.checkpoint_callback import Checkpointer
+
+                info = getattr(tracker, "resume_info", lambda: None)()
+                checkpointer = Checkpointer(
+                    output_dir, t.checkpoint_every, data.steps_per_epoch,
+                    keep=t.get("keep_checkpoints") or 2, meta={"config": config, "wandb": info},
+                    before_save=getattr(tracker, "flush", None), resume=resume,
+                    log_rows=getattr(tracker, "recent_rows", None),
+                    defer_tail=8 if t.strategy else 0)
+            result = fit(model, optimizer, data, epochs=t.epochs, max_steps=t.max_steps,
+                         jit_compile=t.jit_compile, callbacks=tracker.callbacks(optimizer),
+                         verbose=t.verbose, progress_path=progress,
+                         run_eagerly=t.run_eagerly,
+                         max_nonfinite_steps=t.max_nonfinite_steps,
+                         checkpointer=checkpointer, resume=resume)
+        model.save(os.path.join(output_dir, "model.keras"))
+        value = _monitored(result.metrics, t.monitor)
+        failed = not math.isfinite(value)
+        results = {
+            "metrics": result.metrics, "history": result.history, "steps": result.steps,
+            "epochs": result.epochs, "wall_time": result.wall_time, "monitor": t.monitor,
+            "skipped_steps": result.skipped_steps,
+            "monitor_value": value, "config": recorded,
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        with open(os.path.join(output_dir, "results.json"), "w") as fh:
+            json.dump(results, fh, indent=2, default=float)
+        print(json.dumps({k: round(v, 4) for k, v in result.metrics.items()}))
+        print(f"results: {os.path.join(output_dir, 'results.json')}")
+        return value
+    finally:
+        tracker.finish(result.metrics if result else None, failed=failed,
+                       optimizer=getattr(model, "optimizer", None))
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _prepare_resume(ckpt, model, tracker, progress_path: str):
+    """A ``resume.Resume`` for ``ckpt`` (``None``: a fresh run); sets up the W&B run to
+    continue and drops ``progress.jsonl`` rows of epochs after the checkpoint."""
+    if ckpt is None:
+        return None
+    from nested_research.training.resume import Resume, check_model, trim_progress
+
+    check_model(ckpt, model)  # before anything is written
+    info = ckpt.meta.get("wandb") or {}
+    if info.get("id") and hasattr(tracker, "resume_id"):
+        tracker.resume_id, tracker.start_step = info["id"], ckpt.step
+        tracker.replay_rows = ckpt.rows()
+        if info.get("dir") and not os.environ.get("WANDB_DIR"):
+            tracker.dir = info["dir"]  # the run's W&B files stay together
+    resume = Resume(ckpt)
+    trim_progress(progress_path, max((len(v) for v in resume.history.values()), default=0))
+    print(f"resuming {ckpt.run_dir} from {ckpt.path}: epoch {ckpt.epoch + 1}, batch "
+          f"{ckpt.position} of the epoch, step {ckpt.step}")
+    return resume

@@ -1,0 +1,52 @@
+"""Preflight (config, resume checkpoint, output and data directories) runs once per job."""
+
+import json
+import pathlib
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from nested_research import train
+
+from nested_research.training import preflight
+
+from inprocess import main_in_process
+
+from repo import CONF
+TINY = ["optimizer=adam", "logger=none", "trainer.max_steps=2", "trainer.epochs=1",
+        "trainer.verbose=0"]
+
+
+@pytest.fixture
+def preflight_calls(monkeypatch):
+    """The output directories ``preflight.preflight`` was called with, in order."""
+    calls, real = [], preflight.preflight
+
+    def counted(cfg, output_dir):
+        calls.append(str(output_dir))
+        return real(cfg, output_dir)
+
+    monkeypatch.setattr(preflight, "preflight", counted)
+    return calls
+
+
+def test_command_line_job_checks_once(tmp_path, data_dir, monkeypatch, preflight_calls):
+    """The Hydra callback checks before the run directory exists; ``main`` does not again."""
+    run_dir = tmp_path / "run"
+    main_in_process(monkeypatch, *TINY, f"hydra.run.dir={run_dir}")
+    assert preflight_calls == [str(run_dir)]
+    assert json.loads((run_dir / "results.json").read_text())["steps"] == 2
+    assert not train._PREFLIGHTED  # main took the callback's record
+
+
+def test_direct_run_checks_once(tmp_path, data_dir, preflight_calls):
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=TINY)
+    out = tmp_path / "run"
+    train.run(cfg, str(out))
+    assert preflight_calls == [str(out)]
+    assert (out / "results.json").exists()
+    # A record checked for another directory is refused before anything is written.
+    with pytest.raises(ValueError, match="preflight of another job"):
+        train.run(cfg, str(tmp_path / "other"), checked=preflight.Preflighted(str(out)))
+    assert not (tmp_path / "other").exists()
