@@ -179,6 +179,25 @@ def _flatten(tree, prefix="") -> dict:
     return out
 
 
+#: ``_target_`` names that release 0.2 wrote into a checkpoint's config, by today's name (the
+#: classes moved into packages; the conf files name them by their package's export).
+RENAMED_TARGETS = {
+    "nested_research.lr_schedule.PerEpochSchedule": "nested_research.optimizers.PerEpochSchedule",
+    "nested_research.lr_schedule.WarmupCosineSchedule":
+        "nested_research.optimizers.WarmupCosineSchedule",
+}
+
+
+def current_names(config):
+    """``config`` (a checkpoint's, as saved) with every renamed ``_target_`` under today's name."""
+    if isinstance(config, dict):
+        return {k: (RENAMED_TARGETS.get(v, v) if k == "_target_" and isinstance(v, str)
+                    else current_names(v)) for k, v in config.items()}
+    if isinstance(config, list):
+        return [current_names(v) for v in config]
+    return config
+
+
 def config_diff(saved: dict, current: dict) -> list[tuple[str, object, object]]:
     """``(key, saved, current)`` for every differing key not in ``RESUME_MAY_DIFFER``."""
     a, b = _flatten(saved or {}), _flatten(current or {})
@@ -215,7 +234,7 @@ def check_resume(resume: str, config: dict) -> Checkpoint:
             f"{param}: no complete checkpoint in {checkpoints_dir(run_dir)} ({what}); the run "
             f"stopped before its first checkpoint (trainer.checkpoint_every) or is not a "
             f"training run. Start it again without trainer.resume")
-    diff = config_diff(ckpt.meta.get("config") or {}, config)
+    diff = config_diff(current_names(ckpt.meta.get("config") or {}), config)
     if diff:
         model_keys = [d for d in diff if d[0].split(".")[0] in ("model", "data")]
         kind = "a different model" if model_keys else "a different configuration"
