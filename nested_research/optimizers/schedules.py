@@ -1,5 +1,12 @@
 """Learning-rate schedules: the seed's per-epoch warmup/hold/decay, and warmup+cosine.
 
+One way to make a schedule for a run: every schedule here is a :class:`RunSchedule`, sized by
+``for_run(lr0, steps_per_epoch=..., total_steps=..., **params)``, which takes what it needs of the
+run's length.  The trainer's ``lr_schedule`` group calls it (``training/builders.py``), and so do
+the nested optimizer's seed keywords (``steps_per_epoch`` and the ``lr_*_fraction`` keywords,
+:class:`EpochParams`, and ``set_steps_per_epoch``): a thin front on the same
+:class:`PerEpochSchedule`.
+
 Per-epoch schedule (``PerEpochSchedule``).  Inside every epoch of ``S``
 steps, with position ``u = (step mod S) / S`` in ``[0, 1)``, base rate
 ``lr0`` (a float, or another schedule evaluated at the same step) and floor
@@ -43,6 +50,16 @@ def validate_fractions(warmup: float, hold: float, decay: float, min_fraction: f
             f"({warmup:g} + {hold:g} + {decay:g}); the three fractions must sum to 1")
 
 
+class RunSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """A schedule sized by the run it serves (module docstring)."""
+
+    @classmethod
+    def for_run(cls, initial_learning_rate, *, steps_per_epoch: int, total_steps: int, **params):
+        """The schedule for a run of ``total_steps`` optimizer steps in epochs of
+        ``steps_per_epoch``; ``params``: the schedule's own parameters."""
+        raise NotImplementedError
+
+
 @dataclasses.dataclass(frozen=True)
 class EpochParams(HParams):
     """The seed's per-epoch schedule keywords: with ``steps_per_epoch`` set, the optimizer's
@@ -58,6 +75,17 @@ class EpochParams(HParams):
     def validate(self) -> None:
         validate_fractions(self.lr_warmup_fraction, self.lr_hold_fraction,
                            self.lr_decay_fraction, self.lr_min_fraction)
+
+    def fractions(self) -> dict:
+        """The phase fractions, as ``PerEpochSchedule`` takes them."""
+        return {k: v for k, v in self.as_dict().items() if k != "steps_per_epoch"}
+
+    @classmethod
+    def of(cls, schedule) -> "EpochParams":
+        """The keywords that describe ``schedule`` (a ``PerEpochSchedule``; else none set)."""
+        if not isinstance(schedule, PerEpochSchedule):
+            return cls()
+        return cls(steps_per_epoch=schedule.steps_per_epoch, **schedule.fractions())
 
 
 def _base_rate(base, step):
@@ -79,7 +107,7 @@ def _deserialize_base(base):
 
 
 @keras.saving.register_keras_serializable(package="nested_research")
-class PerEpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
+class PerEpochSchedule(RunSchedule):
     """Warmup -> hold -> decay inside every epoch (see the module docstring).
 
     Args:
@@ -103,6 +131,17 @@ class PerEpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
         self.lr_decay_fraction = float(lr_decay_fraction)
         self.lr_min_fraction = float(lr_min_fraction)
 
+    @classmethod
+    def for_run(cls, initial_learning_rate, *, steps_per_epoch: int, total_steps: int = None,
+                **params):
+        return cls(initial_learning_rate, steps_per_epoch, **params)
+
+    def fractions(self) -> dict:
+        return {"lr_warmup_fraction": self.lr_warmup_fraction,
+                "lr_hold_fraction": self.lr_hold_fraction,
+                "lr_decay_fraction": self.lr_decay_fraction,
+                "lr_min_fraction": self.lr_min_fraction}
+
     def factor(self, step):
         """The schedule's multiplier of ``lr0`` at ``step`` (in ``[lr_min_fraction, 1]``)."""
         s = float(self.steps_per_epoch)
@@ -122,15 +161,12 @@ class PerEpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
         return {
             "initial_learning_rate": _serialize_base(self.initial_learning_rate),
             "steps_per_epoch": self.steps_per_epoch,
-            "lr_warmup_fraction": self.lr_warmup_fraction,
-            "lr_hold_fraction": self.lr_hold_fraction,
-            "lr_decay_fraction": self.lr_decay_fraction,
-            "lr_min_fraction": self.lr_min_fraction,
+            **self.fractions(),
         }
 
 
 @keras.saving.register_keras_serializable(package="nested_research")
-class WarmupCosineSchedule(keras.optimizers.schedules.LearningRateSchedule):
+class WarmupCosineSchedule(RunSchedule):
     """Linear warmup over ``warmup_steps`` to ``lr0``, then one cosine to ``lr_min_fraction * lr0``.
 
     ``lr = lr0 * (t + 1) / warmup_steps`` for ``t < warmup_steps``; then
@@ -146,6 +182,11 @@ class WarmupCosineSchedule(keras.optimizers.schedules.LearningRateSchedule):
         self.total_steps = int(total_steps)
         self.warmup_steps = int(warmup_steps)
         self.lr_min_fraction = float(lr_min_fraction)
+
+    @classmethod
+    def for_run(cls, initial_learning_rate, *, steps_per_epoch: int = None, total_steps: int,
+                **params):
+        return cls(initial_learning_rate, total_steps, **params)
 
     def __call__(self, step):
         t = ops.cast(step, "float32")

@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from nested_research.core.checks import check_real
 from nested_research.core.errors import ConfigError
+from nested_research.optimizers.schedules import RunSchedule
 
 STRATEGIES = (None, "mirrored", "multi_worker")
 
@@ -35,18 +36,25 @@ def model_inputs(data) -> dict:
 
 
 def build_learning_rate(cfg: DictConfig, steps_per_epoch: int, total_steps: int):
-    """``optimizer.learning_rate`` wrapped by the ``lr_schedule`` group's schedule."""
+    """``optimizer.learning_rate`` wrapped by the ``lr_schedule`` group's schedule, sized for
+    the run by its ``for_run`` (``optimizers.schedules.RunSchedule``)."""
     lr = cfg.optimizer.learning_rate
     try:
         lr = check_real("optimizer.learning_rate", lr, low=0, low_open=True)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    if cfg.lr_schedule.get("_target_") is None:
+    target = cfg.lr_schedule.get("_target_")
+    if target is None:
         return lr
-    target = cfg.lr_schedule._target_
-    extra = {"steps_per_epoch": steps_per_epoch} if target.endswith("PerEpochSchedule") \
-        else {"total_steps": total_steps}
-    return instantiate(cfg.lr_schedule, initial_learning_rate=lr, **extra)
+    schedule = get_class(target)
+    if not (isinstance(schedule, type) and issubclass(schedule, RunSchedule)):
+        raise ConfigError(f"lr_schedule._target_={target!r} is not a schedule sized by the run; "
+                          f"allowed: a subclass of nested_research.optimizers.schedules."
+                          f"RunSchedule, or null (a constant rate)")
+    params = OmegaConf.to_container(cfg.lr_schedule, resolve=True)
+    params.pop("_target_")
+    return schedule.for_run(lr, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+                            **params)
 
 
 def build_optimizer(cfg: DictConfig, steps_per_epoch: int, total_steps: int, stats_every: int):

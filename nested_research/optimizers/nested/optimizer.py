@@ -131,27 +131,35 @@ class NestedLearningOptimizer(DepthRegistry, FamilyOptimizer):
 
     def __init__(self, learning_rate=0.001, name=None, **kwargs):
         epoch = EpochParams(**{k: kwargs[k] for k in EpochParams.names() if k in kwargs})
-        if epoch.steps_per_epoch is not None:
-            learning_rate = PerEpochSchedule(learning_rate, **epoch.as_dict())
+        if epoch.steps_per_epoch is not None:  # the seed's keywords: a front on the schedule
+            learning_rate = PerEpochSchedule.for_run(
+                learning_rate, steps_per_epoch=epoch.steps_per_epoch, **epoch.fractions())
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        self._describe_schedule()
         self.stats = StatsRecorder(self.stats_every)
         self._init_depths(self.hparams["intervals"].variable_depths)
 
     # ------------------------------------------------------------ learning rate
-    def _wrap_learning_rate(self, epoch: EpochParams, base) -> None:
-        if isinstance(base, keras.Variable):
-            base = float(ops.convert_to_numpy(base))
-        self.hparams = type(self.hparams)({**self.hparams, "epoch_lr": epoch})
-        self.learning_rate = PerEpochSchedule(base, **epoch.as_dict())
+    def _describe_schedule(self) -> None:
+        """The seed's keywords (``hparams["epoch_lr"]``: ``steps_per_epoch``, the fractions)
+        describe the schedule the optimizer runs, however it was given: by these keywords, by the
+        trainer's ``lr_schedule`` group, or by ``set_steps_per_epoch``."""
+        if isinstance(self._learning_rate, PerEpochSchedule):
+            self.hparams = type(self.hparams)(
+                {**self.hparams, "epoch_lr": EpochParams.of(self._learning_rate)})
 
     def set_steps_per_epoch(self, steps: int) -> None:
         """Turn on (or re-size) the per-epoch schedule; call it before the first ``fit`` (a
         traced train function keeps the rate it captured)."""
         epoch = dataclasses.replace(self.hparams["epoch_lr"], steps_per_epoch=steps)
         base = self._learning_rate
-        if isinstance(base, PerEpochSchedule) and self.steps_per_epoch is not None:
+        if isinstance(base, PerEpochSchedule):
             base = base.initial_learning_rate
-        self._wrap_learning_rate(epoch, base)
+        elif isinstance(base, keras.Variable):  # the float32 rate, as its shortest decimal
+            base = float(str(ops.convert_to_numpy(base).astype("float32")))
+        self.learning_rate = PerEpochSchedule.for_run(
+            base, steps_per_epoch=epoch.steps_per_epoch, **epoch.fractions())
+        self._describe_schedule()
 
     @property
     def current_learning_rate(self) -> float:
@@ -325,7 +333,7 @@ class NestedLearningOptimizer(DepthRegistry, FamilyOptimizer):
 
     def get_config(self):
         config = super().get_config()
-        if self.steps_per_epoch is not None:  # the seed's keywords, not the schedule
+        if self.steps_per_epoch is not None:  # the schedule as the seed's keywords describe it
             base = self._learning_rate.initial_learning_rate
             config["learning_rate"] = (
                 keras.optimizers.schedules.serialize(base)
