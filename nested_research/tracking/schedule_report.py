@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from nested_research.optimizers.nested.layer_stats import Layout, is_update_step
+from nested_research.optimizers.nested.intervals import applied_updates, is_update_step
+from nested_research.optimizers.nested.layer_stats import Layout
 
 #: Steps of the heatmap kept at each end of a long run.
 HEATMAP_CAP = 200
@@ -22,8 +23,9 @@ def schedule_steps(total_steps: int, cap: int = HEATMAP_CAP) -> list[int]:
 
 def schedule_matrix(layout: Layout, steps: list[int]) -> np.ndarray:
     """``[layers, len(steps)]``: 1 where the layer applies an update at that step."""
-    return np.array([[1 if is_update_step(s, layout.interval[layer], layout.warmup_steps) else 0
-                      for s in steps] for layer in layout.layers], dtype=np.uint8)
+    steps = np.asarray(steps, dtype=np.int64)
+    return np.array([is_update_step(steps, layout.interval[layer], layout.warmup_steps)
+                     for layer in layout.layers], dtype=np.uint8).reshape(-1, len(steps))
 
 
 def render_heatmap(path: str, layout: Layout, total_steps: int,
@@ -69,7 +71,6 @@ SCHEDULE_COLUMNS = ["layer", "depth", "interval", "applied_updates", "expected_u
 
 def schedule_rows(layout: Layout, stats: dict, total_steps: int) -> list[list]:
     """Rows of the per-layer schedule table (``SCHEDULE_COLUMNS``)."""
-    from nested_research.optimizers.nested.intervals import applied_updates
 
     rows = []
     for layer in layout.layers:

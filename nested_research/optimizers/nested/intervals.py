@@ -158,13 +158,13 @@ def auto_intervals(depths: Mapping[str, int], max_interval: int, curve: str,
 
 
 def is_update_step(step, interval: int, warmup_steps: int):
-    """The step rule as a boolean tensor (``step`` is an integer tensor)."""
-    from keras import ops
-
-    after = ops.equal(ops.mod(step - warmup_steps + 1, interval), 0)
+    """The step rule (module docstring), the one copy of it: ``step`` (0-based) is an integer
+    tensor in the training step, or a Python or NumPy integer (array) on the host (the tracker's
+    schedule report); the result is a boolean of the same kind."""
+    after = (step - warmup_steps + 1) % interval == 0
     if warmup_steps <= 0:
         return after
-    return ops.logical_or(ops.less(step, warmup_steps), after)
+    return (step < warmup_steps) | after
 
 
 def applied_updates(step: int, interval: int, warmup_steps: int) -> int:

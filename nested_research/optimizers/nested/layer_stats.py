@@ -87,11 +87,6 @@ def last_update_step(iterations: int, interval: int, warmup_steps: int) -> int |
     return warmup_steps - 1 if warmup_steps > 0 else None
 
 
-def is_update_step(step: int, interval: int, warmup_steps: int) -> bool:
-    """Host-side twin of ``intervals.is_update_step`` (``step`` 0-based)."""
-    return step < warmup_steps or (step - warmup_steps + 1) % interval == 0
-
-
 class Layout:
     """How an optimizer's variables group into layers, with each layer's depth and interval."""
 

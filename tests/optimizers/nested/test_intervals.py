@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from nested_research import NestedLearningOptimizer
-from nested_research.optimizers.nested.intervals import applied_updates, curve_interval
+from nested_research.optimizers.nested.intervals import (applied_updates, curve_interval,
+                                                        is_update_step)
 from nested_research.optimizers.nested.layer_stats import last_update_step
 
 from reference import NumpyNested
@@ -176,6 +177,24 @@ def test_manual_pattern_matching_nothing_warns():
     with pytest.warns(UserWarning, match="encoder"):
         opt.build(model.trainable_variables)
     assert opt.intervals["m/dense_0/kernel"] == 2
+
+
+@pytest.mark.parametrize("k,warmup", [(1, 0), (3, 0), (4, 5), (2, 1)])
+def test_one_step_rule_on_the_host_and_in_the_step(k, warmup):
+    """``is_update_step`` is the rule's one copy: the same answer for Python integers, a NumPy
+    array of steps (the schedule report) and integer tensors (the training step, eager and in a
+    compiled function)."""
+    from keras import ops
+
+    want = [t < warmup or (t - warmup + 1) % k == 0 for t in range(30)]
+    assert [bool(is_update_step(t, k, warmup)) for t in range(30)] == want
+    assert is_update_step(np.arange(30), k, warmup).tolist() == want
+    steps = ops.arange(30, dtype="int64")
+    assert ops.convert_to_numpy(is_update_step(steps, k, warmup)).tolist() == want
+    import tensorflow as tf
+
+    compiled = tf.function(lambda s: is_update_step(s, k, warmup), jit_compile=True)
+    assert compiled(tf.range(30, dtype=tf.int64)).numpy().tolist() == want
 
 
 # ---------------------------------------------------------------- step rule
