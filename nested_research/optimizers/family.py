@@ -129,15 +129,7 @@ class FamilyOptimizer(keras.optimizers.Optimizer):
                 with keras.name_scope(self.name, caller=self):
                     self.build(trainable_variables)
                 self.built = True
-        flags = ops.cast(ops.reshape(ops.logical_not(nonfinite.all_finite(grads)), (1,)),
-                         "float32")
         base_apply = super().apply
-
-        def count_skip():
-            self._skipped_steps.assign_add(1)
-
-        def decide(total):
-            return total[0] > 0, count_skip
-
-        nonfinite.apply_unless_flagged(
-            flags, lambda g: base_apply(g, trainable_variables), (grads,), decide)
+        nonfinite.NonFiniteSkip(self._skipped_steps).apply(
+            nonfinite.NonFiniteSkip.flags(grads), lambda g: base_apply(g, trainable_variables),
+            (grads,))

@@ -1,13 +1,14 @@
-"""One decision for a step with NaN/inf values: every replica skips it, or none does.
+"""The one mechanism for a step with NaN/inf values: every replica skips it, or none does.
 
-Used by the family optimizers' ``skip_nonfinite`` (``family.py``: the
-optimizer's own ``apply``) and by the trainer's ``NonFiniteGuard``
-(``guard.py``: the loss and the gradients of ``model.fit``'s step)::
+:class:`NonFiniteSkip` is what both users build on: the family optimizers' ``skip_nonfinite``
+(``family.py``: the optimizer's own ``apply``, flags of the gradients) and the trainer's
+``NonFiniteGuard`` (``training/guard.py``: ``model.fit``'s step, flags of the loss and of the
+gradients, plus its streak of bad losses and a loss scale to halve)::
 
-    flags   = float vector of local "bad" indicators (e.g. [loss bad, gradients bad])
-    total   = flags summed over all replicas
-    skip, on_skip = decide(total)
-    skip ? on_skip() : apply(*args)
+    flags    = [group has a NaN/inf value for group in groups]      (float vector, local)
+    total    = flags summed over all replicas
+    skip     = any(total);  skipped_steps += skip;  also(total)
+    skip ? on_skip(total) : apply(*args)
 
 Under a ``tf.distribute`` strategy the decision must be global, or replicas
 diverge and the gradient all-reduce inside ``apply`` hangs or spreads the NaN.
@@ -44,6 +45,33 @@ def all_finite(tensors):
     if not oks:
         return ops.convert_to_tensor(True)
     return ops.all(ops.stack(oks))
+
+
+class NonFiniteSkip:
+    """Skips a step with NaN/inf values (module docstring) and counts it in ``counter`` (an int64
+    scalar variable, ``aggregation="only_first_replica"``: updated once per step)."""
+
+    def __init__(self, counter):
+        self.counter = counter
+
+    @staticmethod
+    def flags(*groups):
+        """A float32 vector: 1 for each group of tensors that holds a NaN/inf value, else 0."""
+        return ops.cast(ops.stack([ops.logical_not(all_finite(g)) for g in groups]), "float32")
+
+    def apply(self, flags, apply: Callable, args: tuple, also: Callable | None = None,
+              on_skip: Callable | None = None):
+        """``apply(*args)`` unless a flag is set on some replica; returns ``skip``.  ``also(total)``
+        runs once per step with the flags' total (a streak to keep); ``on_skip(total)`` runs
+        instead of ``apply`` on a skipped step."""
+        def decide(total):
+            skip = ops.sum(total) > 0
+            self.counter.assign_add(ops.cast(skip, "int64"))
+            if also is not None:
+                also(total)
+            return skip, (lambda: on_skip(total)) if on_skip is not None else (lambda: None)
+
+        return apply_unless_flagged(flags, apply, args, decide)
 
 
 def apply_unless_flagged(flags, apply: Callable, args: tuple, decide: Callable):

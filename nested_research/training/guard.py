@@ -11,7 +11,9 @@ gradients exactly as Keras' TensorFlow ``train_step`` does, then::
     skipped_steps += skip
     nonfinite_streak = nonfinite_streak + 1 if bad_loss else 0
 
-The guard is then a Keras callback that stops the run with
+The skip is ``optimizers.nonfinite.NonFiniteSkip``, the same mechanism as the family
+optimizers' ``skip_nonfinite`` (one flag more: the loss).  The guard is then a Keras callback
+that stops the run with
 ``NonFiniteLossError`` once the loss has been non-finite for
 ``max_nonfinite_steps`` consecutive steps.  ``trainer.fit`` installs it on
 every model it trains (``trainer.max_nonfinite_steps``, default 20).
@@ -106,6 +108,7 @@ from keras import ops
 
 from nested_research.core.checks import check_int
 from nested_research.core.steps import StepCounter
+from nested_research.optimizers.nonfinite import NonFiniteSkip
 
 __all__ = ["NonFiniteGuard", "NonFiniteLossError", "QuietProgbar", "check_max_nonfinite_steps",
            "DEFAULT_MAX_NONFINITE_STEPS"]
@@ -239,12 +242,6 @@ class NonFiniteGuard(keras.callbacks.Callback):
     def _apply_or_skip(self, optimizer, loss, grads, weights):
         """Apply ``grads`` unless some value is non-finite on some replica; return ``skip``
         (the decision across replicas is ``nonfinite.apply_unless_flagged``)."""
-        import tensorflow as tf
-
-        from nested_research.optimizers import nonfinite
-
-        flags = tf.cast(tf.stack([tf.logical_not(nonfinite.all_finite([loss])),
-                                  tf.logical_not(nonfinite.all_finite(grads))]), tf.float32)
         lso = _is_loss_scale(optimizer)
         variables = list(weights)
 
@@ -252,20 +249,19 @@ class NonFiniteGuard(keras.callbacks.Callback):
             if variables:
                 optimizer.apply_gradients(zip(grads_, variables))
 
-        def decide(total):
-            skip, loss_bad = (total[0] + total[1]) > 0, total[0] > 0
-            self._skipped.assign_add(tf.cast(skip, tf.int64))
-            self._streak.assign(tf.where(loss_bad, self._streak + 1, tf.zeros((), tf.int64)))
+        def streak(total):  # consecutive non-finite losses (the stopping rule)
+            self._streak.assign(ops.where(total[0] > 0, self._streak + 1,
+                                          ops.zeros((), "int64")))
 
-            def on_skip():
-                if lso:  # a loss-scale overflow: what LossScaleOptimizer does for one
-                    def overflow():
-                        optimizer.step_counter.assign(0)
-                        optimizer.dynamic_scale.assign(optimizer.dynamic_scale * 0.5)
-                    ops.cond(loss_bad, lambda: None, overflow)
-            return skip, on_skip
+        def overflow(total):  # a loss-scale overflow: what LossScaleOptimizer does for one
+            def halve():
+                optimizer.step_counter.assign(0)
+                optimizer.dynamic_scale.assign(optimizer.dynamic_scale * 0.5)
+            ops.cond(total[0] > 0, lambda: None, halve)
 
-        return nonfinite.apply_unless_flagged(flags, apply, (list(grads),), decide)
+        skip = NonFiniteSkip(self._skipped)
+        return skip.apply(NonFiniteSkip.flags([loss], grads), apply, (list(grads),),
+                          also=streak, on_skip=overflow if lso else None)
 
     def on_train_begin(self, logs=None):
         if self._installed_on is not self.model or self.model.train_step is not self._step_fn:
