@@ -55,14 +55,30 @@ def anything() -> Check:
 
 
 class HParams:
-    """Base of the frozen dataclass groups (see the module docstring)."""
+    """Base of the frozen dataclass groups (see the module docstring).
+
+    ``PREFIX`` names the group's keys in messages: ``""`` for constructor keywords,
+    ``"trainer."`` for the trainer's settings (``trainer.epochs=0 must be ...``)."""
+
+    PREFIX = ""
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
             check = f.metadata.get("check")
             if check is not None:
-                object.__setattr__(self, f.name, check(f.name, getattr(self, f.name)))
+                object.__setattr__(self, f.name,
+                                   check(self.PREFIX + f.name, getattr(self, f.name)))
         self.validate()
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]):
+        """The group from a config node's keys; ``ValueError`` names a key the group does not
+        have, with the keys it has."""
+        unknown = sorted(set(values) - set(cls.names()))
+        if unknown:
+            raise ValueError(f"{cls.PREFIX}{unknown[0]}={values[unknown[0]]!r} is not a setting "
+                             f"here; allowed: {', '.join(cls.names())}")
+        return cls(**dict(values))
 
     def validate(self) -> None:
         """Checks across fields (override); single fields are checked by their metadata."""

@@ -10,9 +10,6 @@ from nested_research.core.checks import check_real
 from nested_research.core.errors import ConfigError
 from nested_research.optimizers.schedules import RunSchedule
 
-STRATEGIES = (None, "mirrored", "multi_worker")
-
-
 def make_strategy(name):
     """``None``: the default (one device); ``"mirrored"``: ``MirroredStrategy`` (local devices);
     ``"multi_worker"``: ``MultiWorkerMirroredStrategy``, cluster from ``TF_CONFIG`` (README)."""

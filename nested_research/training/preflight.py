@@ -21,19 +21,12 @@ from typing import TYPE_CHECKING
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from nested_research.training.builders import STRATEGIES, build_optimizer
-from nested_research.core.checks import check_bool, check_choice, check_int, check_str
+from nested_research.training.builders import build_optimizer
 from nested_research.core.errors import ConfigError
+from nested_research.training.settings import TrainerParams
 
 if TYPE_CHECKING:
     from nested_research.training.checkpoint_files import Checkpoint
-
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-#: Integer keys of the ``trainer`` group: (key, least value, null allowed).
-TRAINER_INTS = (("epochs", 1, False), ("batch_size", 1, False), ("seed", 0, False),
-                ("max_steps", 1, True), ("verbose", 0, False), ("max_nonfinite_steps", 1, False),
-                ("checkpoint_every", 0, True), ("keep_checkpoints", 1, True))
-
 
 @dataclass(frozen=True)
 class Preflighted:
@@ -48,20 +41,11 @@ class Preflighted:
     checkpoint: Checkpoint | None = None
 
 
-def check_trainer(trainer) -> None:
-    """Types and ranges of the ``trainer`` group; ``ConfigError`` names the key."""
+def check_trainer(trainer) -> TrainerParams:
+    """The ``trainer`` group as typed settings; ``ConfigError`` names the key."""
     try:
-        for key, low, optional in TRAINER_INTS:
-            check_int(f"trainer.{key}", trainer.get(key), low=low, optional=optional)
-        resume = trainer.get("resume")
-        if resume is not None:
-            check_str("trainer.resume", resume.strip() if isinstance(resume, str) else resume,
-                      "the path of a run directory (the run to continue) or null")
-        for key in ("jit_compile", "deterministic", "run_eagerly"):
-            check_bool(f"trainer.{key}", trainer.get(key))
-        check_choice("trainer.precision", trainer.get("precision"), PRECISIONS)
-        check_choice("trainer.strategy", trainer.get("strategy"), STRATEGIES)
-        check_choice("trainer.monitor_mode", trainer.get("monitor_mode"), ("min", "max"))
+        return TrainerParams.from_mapping(OmegaConf.to_container(trainer, resolve=True)
+                                          if isinstance(trainer, DictConfig) else trainer)
     except ValueError as err:
         raise ConfigError(str(err)) from None
 

@@ -50,3 +50,22 @@ def test_direct_run_checks_once(tmp_path, data_dir, preflight_calls):
     with pytest.raises(ValueError, match="preflight of another job"):
         train.run(cfg, str(tmp_path / "other"), checked=preflight.Preflighted(str(out)))
     assert not (tmp_path / "other").exists()
+
+
+@pytest.mark.parametrize("override,message", [
+    ("+trainer.epoch=3", "trainer.epoch=3 is not a setting here; allowed: epochs, batch_size"),
+    ("trainer.precision=float16", "trainer.precision='float16' must be one of"),
+    ("trainer.keep_checkpoints=0", "trainer.keep_checkpoints=0 must be"),
+])
+def test_trainer_settings_are_one_typed_group(override, message, tmp_path, monkeypatch, capsys):
+    """The trainer's settings are checked as the optimizers' parameters are (a typed group):
+    a bad value or an unknown key is one line naming ``trainer.<key>``, exit code 2, nothing
+    written."""
+    from inprocess import cli_in_process
+
+    run_dir = tmp_path / "run"
+    done = cli_in_process(monkeypatch, capsys, *TINY, override, f"hydra.run.dir={run_dir}")
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], done.stderr
+    assert not run_dir.exists()
