@@ -50,19 +50,15 @@ import sys
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("WANDB_MODE", "offline")
-os.environ.setdefault("WANDB_SILENT", "true")
+import keras
+import psutil
 
-import keras  # noqa: E402
-import psutil  # noqa: E402
-
-from nested_research import NestedLearningOptimizer  # noqa: E402
-from nested_research.data import load_splits  # noqa: E402
-from nested_research.models import build_cnn, build_mlp  # noqa: E402
-from nested_research.training.stats_window import StatsWindow, traced_with_stats  # noqa: E402
-from nested_research.tracking.trackers import WandbTracker  # noqa: E402
-from nested_research.tracking.callback import layer_log  # noqa: E402
+from nested_research import NestedLearningOptimizer
+from nested_research.data import load_splits
+from nested_research.models import build_cnn, build_mlp
+from nested_research.training.stats_window import StatsWindow, traced_with_stats
+from nested_research.tracking.trackers import WandbTracker
+from nested_research.tracking.callback import layer_log
 
 WORKLOADS = {
     "digits_mlp": ("sklearn_digits", 32, build_mlp),
@@ -241,6 +237,9 @@ def main(argv=None) -> int:
     parser.add_argument("--data-dir", default=os.environ.get("NESTED_RESEARCH_DATA_DIR",
                                                              "data_dir"))
     args = parser.parse_args(argv)
+    # W&B offline and quiet (a value already set wins): the parts are timed, nothing uploaded
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_SILENT", "true")
     d = WandbTracker()
     print(f"keras {keras.__version__}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; "
           f"defaults stats_every={d.stats_every}, timing_every={d.timing_every}, "

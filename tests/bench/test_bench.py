@@ -1,4 +1,5 @@
-"""``nested_research/bench/optimizer.py --quick``: runs end to end on tiny sizes and writes its JSON."""
+"""``python -m nested_research.bench.optimizer --quick``: runs end to end on tiny sizes and writes
+its JSON; the HLO traffic count of its profile (:mod:`nested_research.bench.memory`)."""
 
 import json
 import os
@@ -51,7 +52,9 @@ def test_bad_arguments_are_rejected(bench):
         bench.main(["--workloads", "resnet"])
 
 
-def test_hlo_traffic_counts_full_size_passes(bench):
+def test_hlo_traffic_counts_full_size_passes():
+    from nested_research.bench.memory import hlo_traffic
+
     hlo = """HloModule m
 
 ENTRY %e (a: f32[1024], b: f32[1024], c: f32[]) -> (f32[1024]) {
@@ -63,5 +66,5 @@ ENTRY %e (a: f32[1024], b: f32[1024], c: f32[]) -> (f32[1024]) {
   ROOT %tuple = (f32[1024]{0}) tuple(%add_fusion)
 }
 """
-    got = bench.hlo_traffic(hlo, 1024)
+    got = hlo_traffic(hlo, 1024)
     assert got["passes"] == 1 and got["words_per_param"] == pytest.approx(3.0)

@@ -213,7 +213,7 @@ def test_bfloat16_state_accuracy_within_the_seed_spread(tmp_path_factory):
     """digits (MLP) and mnist1d (CNN), 3 seeds each: bf16 state within the f32 seed spread."""
     import os
 
-    from nested_research.bench.optimizer import accuracy_comparison
+    from nested_research.bench.accuracy import accuracy_comparison
 
     os.environ["NESTED_RESEARCH_DATA_DIR"] = str(tmp_path_factory.mktemp("data_dir"))
 
