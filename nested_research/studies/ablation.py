@@ -19,11 +19,10 @@ AlgoPerf-style scores of ``nested_research.studies.scoring``, the full optimizer
 A killed study resumes where it stopped.
 """
 
-import argparse
 import os
 import sys
 
-from nested_research.studies import runner as study, plots as study_plots
+from nested_research.studies import command, plots as study_plots, runner as study
 
 VARIANTS = {  # the language model's variants first: their runs are the longest
     "full": [],
@@ -56,32 +55,20 @@ def write(outcomes, out, publish) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="studies/ablation")
-    parser.add_argument("--quick", action="store_true",
-                        help="tiny runs (a few steps) and 2 seeds: a smoke test")
+    parser = command.parser(
+        __doc__, "studies/ablation", quick="tiny runs (a few steps) and 2 seeds: a smoke test",
+        report="train nothing: tables from the runs that exist (complete variants only)",
+        split="the variants dealt out among them")
     parser.add_argument("--workloads", nargs="*", default=None)
     parser.add_argument("--lr-from", default="studies/compare/comparison.csv",
                         help="comparison table whose nested learning rate per workload is used; "
                              "its study's nested runs are the full variant's")
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="train in this many processes at once (the variants dealt out "
-                             "among them), then tabulate")
-    parser.add_argument("--report", action="store_true",
-                        help="train nothing: tables from the runs that exist (complete "
-                             "variants only)")
-    parser.add_argument("--publish", default=None,
-                        help="also copy the tables and figures into this directory")
-    args = parser.parse_args(argv)
-    if args.jobs < 1:
-        parser.error(f"--jobs={args.jobs} must be an integer >= 1")
-    if args.jobs > 1 and not args.report:
-        common = ["--out", args.out, "--lr-from", args.lr_from] + \
-            (["--quick"] if args.quick else []) + \
-            (["--workloads", *args.workloads] if args.workloads else [])
-        study.train_in_processes("nested_research.studies.ablation", common, "--variants", args.variants, args.jobs)
-        args.report = True  # then tabulate what they trained
+    args = command.parse(parser, argv)
+    command.train_in_processes(
+        args, "nested_research.studies.ablation",
+        ["--lr-from", args.lr_from] + (["--workloads", *args.workloads] if args.workloads else []),
+        "--variants", args.variants)
     tuned = {}
     if not args.quick and os.path.exists(args.lr_from):
         import csv

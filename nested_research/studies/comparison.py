@@ -19,11 +19,10 @@ prints the study's cost (runs and CPU time, the resumed runs' included).
 A killed study resumes where it stopped (finished runs are reused).
 """
 
-import argparse
 import os
 import sys
 
-from nested_research.studies import lr_search, runner as study, plots as study_plots
+from nested_research.studies import command, lr_search, plots as study_plots, runner as study
 
 OPTIMIZERS = study.optimizers()
 SEEDS = [0, 1, 2]
@@ -71,30 +70,21 @@ def write(finals, tuning, searches, out, publish, baselines):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="studies/compare")
-    parser.add_argument("--quick", action="store_true",
-                        help="tiny runs (a few steps), 2 learning rates and 2 seeds: a smoke test")
+    parser = command.parser(
+        __doc__, "studies/compare",
+        quick="tiny runs (a few steps), 2 learning rates and 2 seeds: a smoke test",
+        report="train nothing: tables from the runs that exist, over the (workload, optimizer) "
+               "pairs whose search and seeds are complete",
+        split="the optimizers dealt out among them; the small models here leave much of a "
+              "second core idle, so 2 pays on 2 cores (seconds to target then count a shared "
+              "machine)")
     parser.add_argument("--workloads", nargs="*", default=None)
     parser.add_argument("--optimizers", nargs="*", default=OPTIMIZERS)
-    parser.add_argument("--report", action="store_true",
-                        help="train nothing: tables from the runs that exist, over the "
-                             "(workload, optimizer) pairs whose search and seeds are complete")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="train in this many processes at once (the optimizers dealt out "
-                             "among them), then tabulate; the small models here leave much of "
-                             "a second core idle, so 2 pays on 2 cores (seconds to target then "
-                             "count a shared machine)")
-    parser.add_argument("--publish", default=None,
-                        help="also copy the tables and figures into this directory")
-    args = parser.parse_args(argv)
-    if args.jobs < 1:
-        parser.error(f"--jobs={args.jobs} must be an integer >= 1")
-    if args.jobs > 1 and not args.report:
-        common = ["--out", args.out] + (["--quick"] if args.quick else []) + \
-            (["--workloads", *args.workloads] if args.workloads else [])
-        study.train_in_processes("nested_research.studies.comparison", common, "--optimizers", args.optimizers, args.jobs)
-        args.report = True  # then tabulate what they trained
+    args = command.parse(parser, argv)
+    command.train_in_processes(
+        args, "nested_research.studies.comparison",
+        ["--workloads", *args.workloads] if args.workloads else [], "--optimizers",
+        args.optimizers)
     workloads = study.QUICK_WORKLOADS if args.quick else study.WORKLOADS
     names = args.workloads or list(workloads)
     seeds = SEEDS[:2] if args.quick else SEEDS

@@ -23,7 +23,6 @@ and ``horizon.png``.
 A killed study resumes where it stopped (finished runs are reused).
 """
 
-import argparse
 import csv
 import math
 import os
@@ -31,7 +30,7 @@ import sys
 
 import numpy as np
 
-from nested_research.studies import scoring, runner as study, plots as study_plots
+from nested_research.studies import command, plots as study_plots, runner as study, scoring
 
 WORKLOAD = "lm_transformer"
 VARIANTS = {
@@ -127,10 +126,10 @@ def _plot(rows: list[dict], path: str) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="studies/horizon")
-    parser.add_argument("--quick", action="store_true",
-                        help="k-step runs on a small corpus: a smoke test")
+    parser = command.parser(
+        __doc__, "studies/horizon", quick="k-step runs on a small corpus: a smoke test",
+        report="train nothing: tables from the runs that exist (a length and variant with all "
+               "its seeds only)", split="the variants dealt out among them")
     parser.add_argument("--lr-from", default="studies/compare/comparison.csv",
                         help="comparison table whose rates are used; its study's runs are the "
                              "middle length's")
@@ -140,16 +139,7 @@ def main(argv=None) -> int:
                         help="rates to use instead of --lr-from's (e.g. the search's picks "
                              "before the comparison has finished)")
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="train in this many processes at once (the variants dealt out "
-                             "among them), then tabulate")
-    parser.add_argument("--report", action="store_true",
-                        help="train nothing: tables from the runs that exist (a length and "
-                             "variant with all its seeds only)")
-    parser.add_argument("--publish", default=None)
-    args = parser.parse_args(argv)
-    if args.jobs < 1:
-        parser.error(f"--jobs={args.jobs} must be an integer >= 1")
+    args = command.parse(parser, argv)
     workloads = study.QUICK_WORKLOADS if args.quick else study.WORKLOADS
     rates = {} if args.quick else tuned_rates(args.lr_from)
     for item in args.rates:
@@ -158,11 +148,10 @@ def main(argv=None) -> int:
             rates[name] = float(value)
         except ValueError:
             parser.error(f"--rates {item!r} must be OPTIMIZER=LR with a number LR")
-    if args.jobs > 1 and not args.report:
-        common = ["--out", args.out, "--lr-from", args.lr_from, "--ablation", args.ablation] + \
-            (["--quick"] if args.quick else []) + (["--rates", *args.rates] if args.rates else [])
-        study.train_in_processes("nested_research.studies.horizon", common, "--variants", args.variants, args.jobs)
-        args.report = True  # then tabulate what they trained
+    command.train_in_processes(
+        args, "nested_research.studies.horizon",
+        ["--lr-from", args.lr_from, "--ablation", args.ablation] +
+        (["--rates", *args.rates] if args.rates else []), "--variants", args.variants)
     base = list(workloads[WORKLOAD])
     corpus = int(study.compose(base).data.builder_kwargs.config.max_bytes)
     dirs = {"compare": os.path.dirname(args.lr_from) or ".", "ablation": args.ablation}
