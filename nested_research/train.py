@@ -11,7 +11,10 @@ data directory) stops the run before any data is built with a one-paragraph
 message and exit code 2; ``NESTED_RESEARCH_FULL_ERROR=1`` shows the traceback.
 From the command line these are checked by the :class:`Preflight` callback
 before Hydra creates the run directory, so nothing is written; the job then
-runs without checking again (``preflight.py``: once per job).
+runs without checking again (``preflight.py``: once per job).  An override of
+``memory``, ``blend_mode`` or ``schedule_curve`` for an optimizer that has none of
+them (a baseline: they come with ``optimizer=nested``) stops the same way before
+Hydra composes (``config_groups.check_group_overrides``).
 
 A loss that stays NaN/inf for ``trainer.max_nonfinite_steps`` consecutive
 steps (``guard.py``) stops the run: one-line message, exit code 1, the W&B run
@@ -33,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from nested_research.training import preflight
 from nested_research.training.builders import build_learning_rate, build_optimizer
+from nested_research.training.config_groups import check_group_overrides, register_resolvers
 from nested_research.core.configs import conf_dir
 from nested_research.core.errors import ConfigError
 from nested_research.training.job import run
@@ -46,6 +50,8 @@ __all__ = ["ConfigError", "Preflight", "build_learning_rate", "build_optimizer",
 #: config and run directory, so ``main`` hands the record to ``run`` (``checked``) and the
 #: job is checked once.  Only this module reads or writes it.
 _PREFLIGHTED: dict[str, Preflighted] = {}
+
+register_resolvers()  # conf/config.yaml's hydra.run.dir uses ${nr.join:...}
 
 
 class Preflight(Callback):
@@ -79,8 +85,15 @@ def _exit_on_error(check):
         sys.exit(2)
 
 
+def main():
+    """The command: ``check_group_overrides`` on the command line (one line and exit code 2 for
+    ``memory=...`` with an optimizer that has no memory group), then the Hydra app."""
+    _exit_on_error(lambda: check_group_overrides(sys.argv[1:]))
+    return _main()
+
+
 @hydra.main(version_base="1.3", config_path=conf_dir(), config_name="config")
-def main(cfg: DictConfig) -> float:
+def _main(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
 
     from nested_research.training.guard import NonFiniteLossError

@@ -108,6 +108,9 @@ class Outcome:
 def compose(overrides):
     from hydra import compose as hydra_compose, initialize_config_dir
 
+    from nested_research.training.config_groups import register_resolvers
+
+    register_resolvers()  # the configs' ${nr.join:...}, as the command line has it
     with initialize_config_dir(CONF_DIR, version_base="1.3"):
         return hydra_compose("config", overrides=list(overrides))
 

@@ -43,7 +43,8 @@ MODES = ("offline", "online", "disabled")
 
 
 def default_run_name(config: dict) -> str:
-    """``<experiment>-<optimizer>[-<memory>]-s<seed>`` from the resolved config."""
+    """``<experiment>-<optimizer>[-<memory>]-s<seed>`` from the resolved config (the memory
+    mode where the config has one: ``optimizer=nested``)."""
     config = config or {}
     exp = config.get("experiment_name")
     if not exp:
@@ -51,8 +52,7 @@ def default_run_name(config: dict) -> str:
         data = (config.get("data") or {}).get("name")
         exp = "_".join(p for p in (data, model.replace("build_", "")) if p) or "run"
     opt = config.get("optimizer") or {}
-    memory = (config.get("memory") or {}).get("memory_blend_mode") \
-        if opt.get("uses_memory_groups") else None
+    memory = (config.get("memory") or {}).get("memory_blend_mode")  # a baseline has no memory
     seed = (config.get("trainer") or {}).get("seed")
     parts = [exp, opt.get("name"), memory, None if seed is None else f"s{seed}"]
     return "-".join(str(p) for p in parts if p not in (None, ""))

@@ -9,6 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 from nested_research.core.checks import check_real
 from nested_research.core.errors import ConfigError
 from nested_research.optimizers.schedules import RunSchedule
+from nested_research.training.config_groups import optimizer_group_args
 
 def make_strategy(name):
     """``None``: the default (one device); ``"mirrored"``: ``MirroredStrategy`` (local devices);
@@ -55,17 +56,17 @@ def build_learning_rate(cfg: DictConfig, steps_per_epoch: int, total_steps: int)
 
 
 def build_optimizer(cfg: DictConfig, steps_per_epoch: int, total_steps: int, stats_every: int):
-    """The optimizer: ``optimizer.params`` plus, for ours, the memory/blend/interval groups.
+    """The optimizer: ``optimizer.params`` plus the memory/blend/interval groups where the config
+    has them (``optimizer=nested`` brings them: ``config_groups.py``) and then ``stats_every``.
 
     ``optimizer.run_length_params`` names parameters set to the run's length in optimizer steps
     (``total_steps``) here, as AdEMAMix's authors set its warm-ups; ``[]`` keeps the file's values.
     """
     lr = build_learning_rate(cfg, steps_per_epoch, total_steps)
     extra = {name: int(total_steps) for name in run_length_params(cfg)}
-    if cfg.optimizer.uses_memory_groups:
-        for group in ("memory", "blend_mode", "schedule_curve"):
-            extra.update(OmegaConf.to_container(cfg[group], resolve=True))
-        extra["stats_every"] = stats_every
+    groups = optimizer_group_args(cfg)
+    if groups:
+        extra.update(groups, stats_every=stats_every)
     # (_convert_: list parameters, e.g. Muon's exclude_layers, reach the optimizer as lists)
     return instantiate(cfg.optimizer.params, learning_rate=lr, _convert_="all", **extra)
 

@@ -3,7 +3,8 @@
 Checked before anything is written (:func:`check_resume`): the run directory
 holds a complete checkpoint (``checkpoint.latest``), the run has not finished,
 and the checkpoint was written with this config (:func:`config_diff`; only the
-keys in ``RESUME_MAY_DIFFER`` may change).
+keys in ``RESUME_MAY_DIFFER`` may change, and those of ``RESUME_MAY_BE_GONE``
+may be missing now: release 0.2 wrote them where they had no effect).
 
 Restored (:class:`Resume`): weights, optimizer state, metrics, RNG states,
 step and epoch.  The batches of the interrupted epoch that were already
@@ -35,6 +36,12 @@ from nested_research.core.steps import StepCounter
 RESUME_MAY_DIFFER = ("trainer.resume", "trainer.verbose", "trainer.checkpoint_every",
                      "trainer.keep_checkpoints", "paths.", "data.data_dir", "data.autotune",
                      "logger.dir", "logger.mode", "logger.init_timeout", "logger.finish_timeout")
+#: Keys that release 0.2 wrote into every config and this version writes only where they apply:
+#: ``optimizer.uses_memory_groups`` (gone), the groups that come with ``optimizer=nested``
+#: (a baseline's config has none) and the depth-curve keys of ``schedule_curve=none``/``manual``.
+#: A saved key of these that the current config does not have is no difference (it had no
+#: effect on the run); where both have it, it is compared.
+RESUME_MAY_BE_GONE = ("optimizer.uses_memory_groups", "memory.", "blend_mode.", "schedule_curve.")
 
 
 def check_model(ckpt: Checkpoint, model) -> None:
@@ -198,13 +205,18 @@ def current_names(config):
     return config
 
 
+def _matches(key: str, patterns) -> bool:
+    return any(key == p or (p.endswith(".") and key.startswith(p)) for p in patterns)
+
+
 def config_diff(saved: dict, current: dict) -> list[tuple[str, object, object]]:
-    """``(key, saved, current)`` for every differing key not in ``RESUME_MAY_DIFFER``."""
+    """``(key, saved, current)`` for every differing key not in ``RESUME_MAY_DIFFER``; a saved
+    key of ``RESUME_MAY_BE_GONE`` that ``current`` does not have is none."""
     a, b = _flatten(saved or {}), _flatten(current or {})
     missing = "<not set>"
     out = []
     for key in sorted(set(a) | set(b)):
-        if any(key == p or (p.endswith(".") and key.startswith(p)) for p in RESUME_MAY_DIFFER):
+        if _matches(key, RESUME_MAY_DIFFER) or (key not in b and _matches(key, RESUME_MAY_BE_GONE)):
             continue
         if a.get(key, missing) != b.get(key, missing):
             out.append((key, a.get(key, missing), b.get(key, missing)))

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from nested_research.optimizers.family import FamilyOptimizer
+from nested_research.training.config_groups import OPTIMIZER_GROUPS
 
 from repo import CONF as _CONF
 
@@ -39,7 +40,16 @@ FAMILY = {}
 for _name, (_cls, _conf) in CONFS.items():
     if all(_cls is not c for c, _ in FAMILY.values()):
         FAMILY[_name] = (_cls, _conf)
-OWN_PARAMS = {k: v for k, v in CONFS.items() if not v[1]["uses_memory_groups"]}
+
+
+def _brings_groups(conf) -> bool:
+    """The conf file's defaults list brings the nested optimizer's groups (memory, ...):
+    its parameters come from them, not from the file."""
+    return any(isinstance(d, dict) and k.lstrip("/").split("@")[0] in OPTIMIZER_GROUPS
+               for d in conf.get("defaults") or [] for k in d)
+
+
+OWN_PARAMS = {k: v for k, v in CONFS.items() if not _brings_groups(v[1])}
 
 
 def _norm(value):
@@ -134,7 +144,7 @@ def test_skip_nonfinite_must_be_a_bool(name):
 #: The issue's members: the family optimizers with their own parameters (the nested optimizer's
 #: trainer runs are test_resume.py's and test_train.py's) and Keras' Muon (conf/optimizer/
 #: muon.yaml), which is not a FamilyOptimizer.
-TRAINED = sorted({k for k, v in FAMILY.items() if not v[1]["uses_memory_groups"]} | {"muon"})
+TRAINED = sorted({k for k, v in FAMILY.items() if not _brings_groups(v[1])} | {"muon"})
 STEPS, CUT, WARMUP = 5, 3, 2
 #: Tiny in-process jobs (as tests/inprocess.py's, without Hydra's command line): the digits MLP
 #: with one hidden layer (a Muon/M3 kernel, the ``logits`` kernel and two biases), 5 steps of 72

@@ -157,8 +157,9 @@ def test_one_run_per_experiment(experiment, tmp_path, data_dir):
     assert results["config"]["experiment_name"] == experiment and results["steps"] == 3
 
 
-def test_baselines_ignore_memory_groups(tmp_path, data_dir):
-    cfg = cfg_for("optimizer=adam", "memory=fixed")
+def test_baselines_have_no_memory_groups(data_dir):
+    cfg = cfg_for("optimizer=adam")
+    assert not {"memory", "blend_mode", "schedule_curve"} & set(cfg)
     opt = build_optimizer(cfg, 10, 100, 0)
     assert type(opt) is keras.optimizers.Adam
 
