@@ -1,5 +1,7 @@
 """What every other package shares, with no TensorFlow and no Keras: the error type of bad
 configuration (:mod:`.errors`), argument checks (:mod:`.checks`) and the typed parameter groups
 built on them (:mod:`.hparams`), atomic file writes (:mod:`.files`), host-side step counting
-(:mod:`.steps`) and the command-line console (:mod:`.console`).  It imports no other package.
+(:mod:`.steps`), the command-line console (:mod:`.console`), where the Hydra configs are
+(:mod:`.configs`) and the versions a run records (:mod:`.environment`).  It imports no other
+package.
 """

@@ -3,7 +3,8 @@
 Builds (with ``instantiate``) the data, the model, the optimizer and the
 tracker, trains (``trainer.fit``), evaluates, and writes ``results.json``,
 ``model.keras`` and ``progress.jsonl`` into ``output_dir``; returns the
-monitored metric (``trainer.monitor``).  Nothing is written before the job
+monitored metric (``trainer.monitor``).  The config recorded in ``results.json``
+and the W&B run carries ``versions`` (``core.environment.versions``).  Nothing is written before the job
 passed ``preflight.preflight`` (once: ``checked`` when the caller ran it).
 The command line (``train.py``) and the studies (``study.py``) call it.
 """
@@ -22,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from nested_research.training import preflight
 from nested_research.training.builders import (build_optimizer, make_strategy, model_inputs,
                                       run_length_params)
+from nested_research.core.environment import versions
 from nested_research.core.errors import ConfigError
 from nested_research.training.preflight import Preflighted, data_error, job_output_dir
 
@@ -95,6 +97,8 @@ def run(cfg: DictConfig, output_dir: str, checked: Preflighted | None = None) ->
             recorded = copy.deepcopy(config)  # (W&B, results.json: as the optimizer got it)
             for name in run_length_params(cfg):
                 recorded["optimizer"]["params"][name] = total
+            # what it ran with; not in ``config``, so a resume is not refused over an upgrade
+            recorded["versions"] = versions()
             progress = os.path.join(output_dir, "progress.jsonl")
             resume = _prepare_resume(checked.checkpoint, model, tracker, progress)
             tracker.start(recorded, output_dir)

@@ -76,6 +76,8 @@ def test_offline_run_records_config_metrics_layers_schedule(tmp_path, data_dir):
     config = OmegaConf.to_container(cfg, resolve=True)
     for key in ("optimizer", "memory", "schedule_curve", "lr_schedule", "trainer", "logger"):
         assert wb.config[key] == config[key], key
+    assert wb.config["versions"] == results["config"]["versions"]  # (what it ran with)
+    assert wb.config["versions"]["keras"] == keras.__version__
     assert wb.name == "digits_mlp-nested-attention-s0"
     assert wb.group == "digits_mlp" and "experiment:digits_mlp" in wb.tags
     assert wb.exit_code == 0

@@ -300,6 +300,24 @@ def test_config_diff_lets_where_and_how_data_is_read_differ():
     assert config_diff(saved, current) == [("data.name", "digits", "mnist1d")]
 
 
+def test_a_run_resumes_under_other_versions(tmp_path, digits_prepared, monkeypatch):
+    """The versions a run records (results.json, the W&B config) are not part of the config its
+    checkpoints keep, so a run resumes after an upgrade; it then records the new versions."""
+    from nested_research.training import job
+
+    run_dir = tmp_path / "run"
+    args = ("logger=none", "trainer.epochs=1", "trainer.batch_size=256",
+            "trainer.checkpoint_every=2", "trainer.verbose=0")
+    run(_cfg(*args), str(run_dir))
+    before = _results(run_dir)["config"]["versions"]
+    assert before and "versions" not in latest(str(run_dir)).meta["config"]
+    (run_dir / "results.json").unlink()  # as if stopped after its last checkpoint
+    upgraded = dict(before, keras="99.0.0", nested_research="9.9.9", git_commit="0" * 40)
+    monkeypatch.setattr(job, "versions", lambda: upgraded)
+    run(_cfg(*args, f"trainer.resume={run_dir}"), str(tmp_path / "unused"))
+    assert _results(run_dir)["config"]["versions"] == upgraded
+
+
 def test_resume_of_missing_or_empty_dir_is_a_clear_error(tmp_path, digits_prepared):
     missing = tmp_path / "nope"
     with pytest.raises(ConfigError, match=r"trainer.resume='.*nope': no such directory"):

@@ -141,6 +141,33 @@ def test_main_entry_every_memory_option(memory, tmp_path, data_dir):
     assert {"train/loss", "val/loss", "test/accuracy", "val/best_loss"} <= set(results["metrics"])
 
 
+def test_results_record_the_versions_and_commit(tmp_path, data_dir):
+    """``results.json`` records what the run was made with (the shared tiny run above)."""
+    import importlib.metadata
+    import platform
+    import shutil
+    import subprocess
+
+    import nested_research
+
+    _, results = _tiny(tmp_path, "memory=attention", share=True)
+    versions = results["config"]["versions"]
+    assert versions["python"] == platform.python_version()
+    for name in ("tensorflow", "keras", "numpy"):
+        assert versions[name] == importlib.metadata.version(name), name
+    assert versions["nested_research"] == nested_research.__version__
+    package = os.path.dirname(nested_research.__file__)
+    git = shutil.which("git") and subprocess.run(
+        ["git", "-C", package, "ls-files", "--error-unmatch", "__init__.py"],
+        capture_output=True).returncode == 0
+    if git:  # the tests run from a checkout: its commit
+        head = subprocess.run(["git", "-C", package, "rev-parse", "HEAD"], capture_output=True,
+                              text=True).stdout.strip()
+        assert versions["git_commit"] == head and isinstance(versions["git_dirty"], bool)
+    else:
+        assert versions["git_commit"] is None
+
+
 @pytest.mark.parametrize("model,extra", [("mlp", []), ("cnn", []),
                                          ("transformer",
                                           ["data=recall"] + TINY_RECALL + TINY_TRANSFORMER)])
