@@ -178,7 +178,7 @@ def _train(tmp_path, memory, tracked: bool, steps=12, every=4):
     if tracked:
         tracker = WandbTracker(dir=str(tmp_path), stats_every=every, timing_every=2,
                                log_every=1)
-        tracker.start({"memory": memory}, str(tmp_path))
+        tracker.start({"memory": {"memory_blend_mode": memory}}, str(tmp_path))
         callbacks = tracker.callbacks(opt) + callbacks
     model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0, callbacks=callbacks)
     if tracker is not None:
