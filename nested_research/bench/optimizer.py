@@ -344,10 +344,12 @@ def _workloads(quick):
 def _compiled_model(builder, name, jit):
     import keras
 
+    from nested_research.optimizers.protocols import DepthScheduled
+
     keras.utils.set_random_seed(0)
     model = builder()
     opt = make_optimizer(name)
-    if hasattr(opt, "compute_depths_from_model") and _backend() != "jax":
+    if isinstance(opt, DepthScheduled) and _backend() != "jax":
         # (JAX: the interval conds update state, which jax.jit cannot; every layer on interval 1)
         opt.compute_depths_from_model(model)
     model.compile(opt, keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -357,6 +359,13 @@ def _compiled_model(builder, name, jit):
 
 def bench_train_step(names, workloads, modes, repeats, steps, warmup, quick, log=print):
     import keras
+
+    from nested_research.optimizers.protocols import DepthScheduled
+
+    def intervals(model):  # (built by the warm-up steps)
+        opt = model.optimizer
+        return opt.planned_intervals(model.trainable_variables) \
+            if isinstance(opt, DepthScheduled) else [1]
 
     results = {}
     for wl, (builder, x, y) in _workloads(quick).items():
@@ -373,8 +382,7 @@ def bench_train_step(names, workloads, modes, repeats, steps, warmup, quick, log
                     model.train_on_batch(xt, yt)
                 runners[name] = model
             # a block is whole cycles of the slowest layers' intervals, for every optimizer
-            cycle = math.lcm(*[k for m in runners.values()
-                               for k in getattr(m.optimizer, "intervals", {1: 1}).values()])
+            cycle = math.lcm(*[k for m in runners.values() for k in intervals(m)])
             n_steps = cycle * max(1, -(-steps // cycle))
 
             def block(model):
@@ -403,6 +411,8 @@ def _bytes_per_param(opt, variables):
 def state_bytes(names, workloads, quick):
     import keras
 
+    from nested_research.optimizers.protocols import DepthScheduled
+
     keras.backend.clear_session()
     sets = {"dense4m": (None, _make_variables(dense_shapes(width=64 if quick else 1024), 0))}
     for wl, (builder, _, _) in _workloads(quick).items():
@@ -414,7 +424,7 @@ def state_bytes(names, workloads, quick):
         out[name] = {}
         for label, (model, variables) in sets.items():
             opt = make_optimizer(name)
-            if model is not None and hasattr(opt, "compute_depths_from_model"):
+            if model is not None and isinstance(opt, DepthScheduled):
                 opt.compute_depths_from_model(model)
             opt.build(variables)
             out[name][label] = _bytes_per_param(opt, variables)
@@ -547,7 +557,7 @@ def machine():
         gpus = [d for d in jax.devices() if d.platform == "gpu"]
         desc.update(jax=jax.__version__, tensorflow=None, gpus=[str(d) for d in gpus])
         if gpus:
-            desc["gpu_name"] = getattr(gpus[0], "device_kind", None)
+            desc["gpu_name"] = getattr(gpus[0], "device_kind", None)  # (JAX's device: if known)
     else:
         import tensorflow as tf
 

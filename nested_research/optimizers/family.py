@@ -10,6 +10,10 @@ groups this base derives, once for every optimizer:
 * read-only attributes (``opt.beta_2``) and ``opt.hparams[group]``;
 * ``get_config`` (and so ``from_config``, ``.keras`` files, ``serialize``).
 
+Each optimizer also names its state per trainable variable (``slots`` and
+``STATE_ROLES``; ``model_variables``): the ``protocols.StatefulOptimizer``
+that the tracker reads.
+
 Everything else is Keras' own ``Optimizer``: its ``apply`` does gradient
 clipping, weight decay, learning-rate schedules, loss scaling, EMA,
 gradient accumulation and distribution.
@@ -71,6 +75,8 @@ class FamilyOptimizer(keras.optimizers.Optimizer):
     #: Leading constructor arguments (before the group keywords) and their defaults.
     LEADING = (("learning_rate", 0.001),)
     DEFAULT_NAME = "family"
+    #: ``slots`` names -> the family-wide state roles (``protocols.StatefulOptimizer``).
+    STATE_ROLES: dict = {}
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -103,6 +109,10 @@ class FamilyOptimizer(keras.optimizers.Optimizer):
     def model_variables(self) -> list:
         """The trainable variables the optimizer updates, in its order (after ``build``)."""
         return list(self._trainable_variables)
+
+    def slots(self, index: int) -> dict:
+        """The state of trainable variable ``index`` by name (each optimizer names its own)."""
+        raise NotImplementedError(f"{type(self).__name__}.slots")
 
     # ------------------------------------------------------------ non-finite steps
     def build(self, var_list):

@@ -201,7 +201,7 @@ class NonFiniteGuard(keras.callbacks.Callback):
 
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         with tf.GradientTape() as tape:
-            if getattr(model, "_call_has_training_arg", True):
+            if getattr(model, "_call_has_training_arg", True):  # (Keras internals, by version)
                 y_pred = model(x, training=True)
             else:
                 y_pred = model(x)
@@ -282,7 +282,7 @@ class NonFiniteGuard(keras.callbacks.Callback):
         streak = int(self._streak.numpy())
         if streak >= self.max_nonfinite_steps:
             last = self._batches
-            opt = getattr(self.model, "optimizer", None)
+            opt = self.model.optimizer  # (compiled: fit is running)
             updates = int(ops.convert_to_numpy(opt.iterations)) if opt is not None else 0
             raise NonFiniteLossError(
                 f"the loss was NaN or infinite for {streak} consecutive steps (steps "

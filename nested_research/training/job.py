@@ -19,10 +19,12 @@ import time
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from nested_research.core.errors import ConfigError
+from nested_research.optimizers.protocols import DepthScheduled
+from nested_research.tracking.trackers import Tracker
 from nested_research.training import preflight
 from nested_research.training.builders import (build_optimizer, make_strategy, model_inputs,
-                                      run_length_params)
-from nested_research.core.errors import ConfigError
+                                               run_length_params)
 from nested_research.training.preflight import Preflighted, data_error, job_output_dir
 
 
@@ -72,8 +74,8 @@ def run(cfg: DictConfig, output_dir: str, checked: Preflighted | None = None) ->
         tf.config.experimental.enable_op_determinism()
     previous_policy = keras.mixed_precision.global_policy().name
     keras.mixed_precision.set_global_policy(t.precision)
-    tracker = instantiate(cfg.logger)
-    failed, result, model = True, None, None
+    tracker: Tracker = instantiate(cfg.logger)  # (preflight checked that it is one)
+    failed, result, optimizer = True, None, None
     try:
         try:
             data = instantiate(cfg.data, batch_size=t.batch_size, seed=t.seed, _convert_="all")
@@ -89,7 +91,7 @@ def run(cfg: DictConfig, output_dir: str, checked: Preflighted | None = None) ->
             if t.max_steps is not None:
                 total = min(total, t.max_steps)
             optimizer = build_optimizer(cfg, data.steps_per_epoch, total, tracker.stats_every)
-            if getattr(optimizer, "auto_schedule", False):
+            if isinstance(optimizer, DepthScheduled) and optimizer.auto_schedule:
                 optimizer.compute_depths_from_model(model)
             config = OmegaConf.to_container(cfg, resolve=True)  # (checkpoints: as the user set it)
             recorded = copy.deepcopy(config)  # (W&B, results.json: as the optimizer got it)
@@ -104,12 +106,11 @@ def run(cfg: DictConfig, output_dir: str, checked: Preflighted | None = None) ->
             if t.get("checkpoint_every") is not None:
                 from nested_research.training.checkpoint_callback import Checkpointer
 
-                info = getattr(tracker, "resume_info", lambda: None)()
                 checkpointer = Checkpointer(
                     output_dir, t.checkpoint_every, data.steps_per_epoch,
-                    keep=t.get("keep_checkpoints") or 2, meta={"config": config, "wandb": info},
-                    before_save=getattr(tracker, "flush", None), resume=resume,
-                    log_rows=getattr(tracker, "recent_rows", None),
+                    keep=t.get("keep_checkpoints") or 2,
+                    meta={"config": config, "wandb": tracker.resume_info()},
+                    before_save=tracker.flush, resume=resume, log_rows=tracker.recent_rows,
                     defer_tail=8 if t.strategy else 0)
             result = fit(model, optimizer, data, epochs=t.epochs, max_steps=t.max_steps,
                          jit_compile=t.jit_compile, callbacks=tracker.callbacks(optimizer),
@@ -133,8 +134,7 @@ def run(cfg: DictConfig, output_dir: str, checked: Preflighted | None = None) ->
         print(f"results: {os.path.join(output_dir, 'results.json')}")
         return value
     finally:
-        tracker.finish(result.metrics if result else None, failed=failed,
-                       optimizer=getattr(model, "optimizer", None))
+        tracker.finish(result.metrics if result else None, failed=failed, optimizer=optimizer)
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
@@ -146,12 +146,7 @@ def _prepare_resume(ckpt, model, tracker, progress_path: str):
     from nested_research.training.resume import Resume, check_model, trim_progress
 
     check_model(ckpt, model)  # before anything is written
-    info = ckpt.meta.get("wandb") or {}
-    if info.get("id") and hasattr(tracker, "resume_id"):
-        tracker.resume_id, tracker.start_step = info["id"], ckpt.step
-        tracker.replay_rows = ckpt.rows()
-        if info.get("dir") and not os.environ.get("WANDB_DIR"):
-            tracker.dir = info["dir"]  # the run's W&B files stay together
+    tracker.continue_run(ckpt.meta.get("wandb"), ckpt.step, ckpt.rows())
     resume = Resume(ckpt)
     trim_progress(progress_path, max((len(v) for v in resume.history.values()), default=0))
     print(f"resuming {ckpt.run_dir} from {ckpt.path}: epoch {ckpt.epoch + 1}, batch "

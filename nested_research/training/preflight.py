@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from nested_research.training.builders import STRATEGIES, build_optimizer
 from nested_research.core.checks import check_bool, check_choice, check_int, check_str
 from nested_research.core.errors import ConfigError
+from nested_research.tracking.trackers import Tracker
+from nested_research.training.builders import STRATEGIES, build_optimizer
 
 if TYPE_CHECKING:
     from nested_research.training.checkpoint_files import Checkpoint
@@ -80,11 +81,15 @@ def validate(cfg: DictConfig) -> None:
         # Steps per epoch are known only once data is built; max_steps bounds the run if set.
         build_optimizer(cfg, steps_per_epoch=1, total_steps=cfg.trainer.max_steps or 10**9,
                         stats_every=cfg.logger.get("stats_every", 0))
-        instantiate(cfg.logger)
+        tracker = instantiate(cfg.logger)
     except ConfigError:
         raise
     except Exception as err:  # instantiate wraps the constructor's ValueError/TypeError
         raise ConfigError(_short(err)) from err
+    if not isinstance(tracker, Tracker):
+        raise ConfigError(f"logger._target_={cfg.logger.get('_target_')!r} is not a tracker: "
+                          f"{type(tracker).__name__} does not implement every call of "
+                          f"nested_research.tracking.Tracker (NullTracker and WandbTracker do)")
 
 
 # ---------------------------------------------------------------- paths (checked, not created)

@@ -15,7 +15,7 @@ orders of the finished epochs (:func:`advance_shuffle`); :class:`EpochCut`
 ends the interrupted epoch where an uninterrupted run would have.
 ``progress.jsonl`` loses rows of epochs after the checkpoint
 (:func:`trim_progress`; they are written again), and the W&B run continues
-under its id without logging a step twice (``wandb_rows.RowJournal``).
+under its id without logging a step twice (``tracking.rows.RowJournal``).
 """
 
 from __future__ import annotations
@@ -25,11 +25,12 @@ import os
 
 import keras
 
-from nested_research.training.checkpoint_files import (Checkpoint, CheckpointError, checkpoints_dir, latest,
-                                        list_checkpoints, mismatch,
-                                        set_rng_state, state_variables)
 from nested_research.core.files import replace_file
 from nested_research.core.steps import StepCounter
+from nested_research.optimizers.protocols import ConvertsSavedState
+from nested_research.training.checkpoint_files import (Checkpoint, CheckpointError,
+                                                       checkpoints_dir, latest, list_checkpoints,
+                                                       mismatch, set_rng_state, state_variables)
 
 #: Config keys that may differ between a run and its resumption (where things are, how loud).
 RESUME_MAY_DIFFER = ("trainer.resume", "trainer.verbose", "trainer.checkpoint_every",
@@ -72,7 +73,7 @@ class Resume:
         arrays = dict(self.ckpt.arrays())
         specs = dict(self.ckpt.meta["variables"])
         if len(arrays["optimizer"]) != len(variables["optimizer"]) and \
-                hasattr(opt, "convert_saved_state"):  # an earlier state layout
+                isinstance(opt, ConvertsSavedState):  # an earlier state layout
             try:
                 arrays["optimizer"] = opt.convert_saved_state(arrays["optimizer"])
             except ValueError as err:

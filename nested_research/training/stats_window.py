@@ -15,6 +15,7 @@ from __future__ import annotations
 import keras
 
 from nested_research.optimizers.nested.recorder import in_stats_window
+from nested_research.optimizers.protocols import RecordsStats, base_optimizer
 from nested_research.core.steps import StepCounter
 
 
@@ -48,10 +49,9 @@ class StatsWindow(keras.callbacks.Callback):
 
     def __init__(self, optimizer, start_step: int | None = None):
         super().__init__()
-        self.opt = getattr(optimizer, "inner_optimizer", optimizer)  # under a LossScaleOptimizer
+        self.opt = base_optimizer(optimizer)  # (under a LossScaleOptimizer)
         self.start_step = start_step
-        self.active = bool(getattr(self.opt, "stats_every", 0)) and \
-            hasattr(self.opt, "stats_recording")
+        self.active = isinstance(self.opt, RecordsStats) and bool(self.opt.stats_every)
         self.step = 0
         self.recording_steps = 0
         self._fns: dict[bool, object] = {}
@@ -65,7 +65,7 @@ class StatsWindow(keras.callbacks.Callback):
         if model.train_function is not self._fns.get(False):  # else: ours, kept (a benchmark)
             self._fns = {False: traced_with_stats(self.opt, model.train_function, False)}
             model.train_function = self._fns[False]
-        self._per_call = int(getattr(model, "steps_per_execution", 1) or 1)
+        self._per_call = int(model.steps_per_execution or 1)
         self.longest = self._longest_interval()
         self.step = int(keras.ops.convert_to_numpy(self.opt.iterations)) \
             if self.start_step is None else int(self.start_step)
