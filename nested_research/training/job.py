@@ -1,7 +1,8 @@
 """One training job: ``run(cfg, output_dir)`` trains once as the composed config says.
 
-Builds (with ``instantiate``) the data, the model, the optimizer and the
-tracker, trains (``trainer.fit``), evaluates, and writes ``results.json``,
+Builds (with ``instantiate``) the data, the model, the optimizer (once, now
+that the data fixes the run's length) and the tracker, trains
+(``fit.fit``), evaluates, and writes ``results.json``,
 ``model.keras`` and ``progress.jsonl`` into ``output_dir``; returns the
 monitored metric (``trainer.monitor``).  Nothing is written before the job
 passed ``preflight.preflight`` (once: ``checked`` when the caller ran it).
@@ -25,7 +26,8 @@ from nested_research.tracking.trackers import Tracker
 from nested_research.training import preflight
 from nested_research.training.builders import (build_optimizer, make_strategy, model_inputs,
                                                run_length_params)
-from nested_research.training.preflight import Preflighted, data_error, job_output_dir
+from nested_research.training.preflight import (Preflighted, data_error, job_output_dir,
+                                                optimizer_error)
 
 
 def make_output_dir(output_dir: str) -> None:
@@ -90,7 +92,11 @@ def run(cfg: DictConfig, output_dir: str, checked: Preflighted | None = None) ->
             total = t.epochs * data.steps_per_epoch
             if t.max_steps is not None:
                 total = min(total, t.max_steps)
-            optimizer = build_optimizer(cfg, data.steps_per_epoch, total, tracker.stats_every)
+            try:  # the one construction of the optimizer (preflight checked its keywords)
+                optimizer = build_optimizer(cfg, data.steps_per_epoch, total,
+                                            tracker.stats_every)
+            except Exception as err:  # what only the constructor checks
+                raise optimizer_error(cfg, err) from err
             if isinstance(optimizer, DepthScheduled) and optimizer.auto_schedule:
                 optimizer.compute_depths_from_model(model)
             config = OmegaConf.to_container(cfg, resolve=True)  # (checkpoints: as the user set it)
