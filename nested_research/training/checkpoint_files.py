@@ -39,7 +39,7 @@ Atomic writes
 
 Related modules: ``checkpointer.py`` (the callback that writes checkpoints
 during ``fit``), ``resume.py`` (checking and restoring one for
-``trainer.resume``), ``wandb_rows.py`` (the W&B rows a checkpoint carries).
+``trainer.resume``), ``tracking/rows.py`` (the W&B rows a checkpoint carries).
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ class Checkpoint:
         return os.path.dirname(os.path.dirname(self.path))
 
     def rows(self) -> list[dict]:
-        """The tracker rows logged up to this checkpoint (``wandb_rows.RowJournal``)."""
+        """The tracker rows logged up to this checkpoint (``tracking.rows.RowJournal``)."""
         with open(os.path.join(self.path, "rows.json")) as fh:
             return json.load(fh)
 

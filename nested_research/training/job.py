@@ -1,12 +1,14 @@
 """One training job: ``run(cfg, output_dir)`` trains once as the composed config says.
 
-Builds (with ``instantiate``) the data, the model, the optimizer (once, now
-that the data fixes the run's length) and the tracker, trains
-(``fit.fit``), evaluates, and writes ``results.json``,
-``model.keras`` and ``progress.jsonl`` into ``output_dir``; returns the
-monitored metric (``trainer.monitor``).  Nothing is written before the job
-passed ``preflight.preflight`` (once: ``checked`` when the caller ran it).
-The command line (``train.py``) and the studies (``study.py``) call it.
+Builds (with ``instantiate``) the tracker, the data, the model and the
+optimizer (once, now that the data fixes the run's length), trains
+(``fit.fit``), evaluates, and writes ``results.json``, ``model.keras`` and
+``progress.jsonl`` into ``output_dir``; returns the monitored metric
+(``trainer.monitor``).  Nothing is written before the job passed
+``preflight.preflight`` (once: ``checked`` when the caller ran it).  A resumed
+run (``trainer.resume``) hands the checkpoint preflight found to ``fit``,
+which restores and continues from it (``resume.py``).  The command line
+(``train.py``) and the studies (``nested_research.studies``) call it.
 """
 
 from __future__ import annotations
@@ -103,8 +105,12 @@ def run(cfg: DictConfig, output_dir: str, checked: Preflighted | None = None) ->
             recorded = copy.deepcopy(config)  # (W&B, results.json: as the optimizer got it)
             for name in run_length_params(cfg):
                 recorded["optimizer"]["params"][name] = total
-            progress = os.path.join(output_dir, "progress.jsonl")
-            resume = _prepare_resume(checked.checkpoint, model, tracker, progress)
+            ckpt = checked.checkpoint  # trainer.resume: fit continues from it
+            if ckpt is not None:
+                from nested_research.training.resume import check_model
+
+                check_model(ckpt, model)  # before anything is written (the tracker's start)
+                tracker.continue_run(ckpt.meta.get("wandb"), ckpt.step, ckpt.rows())
             tracker.start(recorded, output_dir)
             from nested_research.training.fit import fit
 
@@ -116,14 +122,15 @@ def run(cfg: DictConfig, output_dir: str, checked: Preflighted | None = None) ->
                     output_dir, t.checkpoint_every, data.steps_per_epoch,
                     keep=t.get("keep_checkpoints") or 2,
                     meta={"config": config, "wandb": tracker.resume_info()},
-                    before_save=tracker.flush, resume=resume, log_rows=tracker.recent_rows,
+                    before_save=tracker.flush, log_rows=tracker.recent_rows,
                     defer_tail=8 if t.strategy else 0)
             result = fit(model, optimizer, data, epochs=t.epochs, max_steps=t.max_steps,
                          jit_compile=t.jit_compile, callbacks=tracker.callbacks(optimizer),
-                         verbose=t.verbose, progress_path=progress,
+                         verbose=t.verbose,
+                         progress_path=os.path.join(output_dir, "progress.jsonl"),
                          run_eagerly=t.run_eagerly,
                          max_nonfinite_steps=t.max_nonfinite_steps,
-                         checkpointer=checkpointer, resume=resume)
+                         checkpointer=checkpointer, checkpoint=ckpt)
         model.save(os.path.join(output_dir, "model.keras"))
         value = _monitored(result.metrics, t.monitor)
         failed = not math.isfinite(value)
@@ -143,18 +150,3 @@ def run(cfg: DictConfig, output_dir: str, checked: Preflighted | None = None) ->
         tracker.finish(result.metrics if result else None, failed=failed, optimizer=optimizer)
         keras.mixed_precision.set_global_policy(previous_policy)
 
-
-def _prepare_resume(ckpt, model, tracker, progress_path: str):
-    """A ``resume.Resume`` for ``ckpt`` (``None``: a fresh run); sets up the W&B run to
-    continue and drops ``progress.jsonl`` rows of epochs after the checkpoint."""
-    if ckpt is None:
-        return None
-    from nested_research.training.resume import Resume, check_model, trim_progress
-
-    check_model(ckpt, model)  # before anything is written
-    tracker.continue_run(ckpt.meta.get("wandb"), ckpt.step, ckpt.rows())
-    resume = Resume(ckpt)
-    trim_progress(progress_path, max((len(v) for v in resume.history.values()), default=0))
-    print(f"resuming {ckpt.run_dir} from {ckpt.path}: epoch {ckpt.epoch + 1}, batch "
-          f"{ckpt.position} of the epoch, step {ckpt.step}")
-    return resume

@@ -1,21 +1,25 @@
 """Resuming a run from its checkpoint (``trainer.resume``).
 
-Checked before anything is written (:func:`check_resume`): the run directory
-holds a complete checkpoint (``checkpoint.latest``), the run has not finished,
-and the checkpoint was written with this config (:func:`config_diff`; only the
-keys in ``RESUME_MAY_DIFFER`` may change).
+Checked before anything is written (:func:`check_resume`, in preflight): the
+run directory holds a complete checkpoint (``checkpoint_files.latest``), the
+run has not finished, and the checkpoint was written with this config
+(:func:`config_diff`; only the keys in ``RESUME_MAY_DIFFER`` may change).
+``job.run`` then checks the model against it (:func:`check_model`, before the
+tracker writes), has the tracker continue its run (``Tracker.continue_run``:
+the W&B run goes on under its id without logging a step twice,
+``tracking.rows.RowJournal``) and hands the checkpoint to ``fit.fit``.
 
-Restored (:class:`Resume`): weights, optimizer state, metrics, RNG states,
-step and epoch.  The batches of the interrupted epoch that were already
-trained are skipped, so the data order is exactly that of an uninterrupted
-run: the training stream is ``data.train`` iterated once per epoch (one new
-shuffle order per iteration, drawn from the dataset's seeded generator,
-:func:`epoch_stream`), and a resumed run first draws (and discards) the
-orders of the finished epochs (:func:`advance_shuffle`); :class:`EpochCut`
-ends the interrupted epoch where an uninterrupted run would have.
-``progress.jsonl`` loses rows of epochs after the checkpoint
-(:func:`trim_progress`; they are written again), and the W&B run continues
-under its id without logging a step twice (``tracking.rows.RowJournal``).
+``fit`` makes the :class:`Resume` and owns it: it restores weights, optimizer
+state, metrics, RNG states, step and epoch; the checkpointer counts on from
+it; ``progress.jsonl`` loses rows of epochs after the checkpoint
+(:func:`trim_progress`; they are written again).  The batches of the
+interrupted epoch that were already trained are skipped, so the data order is
+exactly that of an uninterrupted run: the training stream is ``data.train``
+iterated once per epoch (one new shuffle order per iteration, drawn from the
+dataset's seeded generator, :func:`epoch_stream`), and a resumed run first
+draws (and discards) the orders of the finished epochs
+(:func:`advance_shuffle`); :class:`EpochCut` ends the interrupted epoch where
+an uninterrupted run would have.
 """
 
 from __future__ import annotations
@@ -61,6 +65,11 @@ class Resume:
         self.epoch, self.position, self.step = ckpt.epoch, ckpt.position, ckpt.step
         self.history = ckpt.history
         self.metrics = None  # running epoch metrics, assigned at the resumed epoch's start
+
+    @property
+    def epochs_done(self) -> int:
+        """Epochs in the checkpoint's history (finished before it)."""
+        return max((len(v) for v in self.history.values()), default=0)
 
     def restore(self, model, data, extra_variables=()) -> None:
         """Build the optimizer and metrics, then assign every saved value (checked first)."""

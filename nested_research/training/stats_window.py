@@ -1,10 +1,10 @@
 """``StatsWindow``: the trainer's callback that runs the statistics-recording step only where
-a read needs it (``stats_record.StatsRecorder`` is the optimizer's side).
+a read needs it (``optimizers.nested.recorder.StatsRecorder`` is the optimizer's side).
 
 Every ``stats_every`` steps the tracker reads the in-step statistics, and each
 variable's must come from its last applied update before the read; those
 updates fall on the last ``longest_interval`` steps of each window
-(``stats_record.in_stats_window``).  The callback counts steps on the host and
+(``recorder.in_stats_window``).  The callback counts steps on the host and
 switches the model between two traced train functions: one traced inside
 ``optimizer.stats_recording(True)`` and one inside ``stats_recording(False)``,
 whose graph is that of ``stats_every=0`` op for op.

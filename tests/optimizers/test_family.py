@@ -220,7 +220,8 @@ def _trained(name, mode, base, monkeypatch):
 
     def fit(model, optimizer, data, **kwargs):
         seen["w0"] = [np.asarray(v).copy() for v in model.variables]
-        seen["resumed_from"] = getattr(kwargs.get("resume"), "step", None)
+        checkpoint = kwargs.get("checkpoint")
+        seen["resumed_from"] = checkpoint.step if checkpoint is not None else None
         count = keras.callbacks.LambdaCallback(
             on_train_batch_end=lambda *_, **__: seen.update(batches=seen["batches"] + 1))
         kwargs["callbacks"] = [*kwargs.get("callbacks", []), count]
