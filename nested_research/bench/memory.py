@@ -12,6 +12,7 @@ import numpy as np
 from nested_research.bench.setups import (dense_shapes, make_optimizer, make_variables,
                                           train_workloads)
 from nested_research.bench.timing import Step
+from nested_research.optimizers.protocols import DepthScheduled
 
 
 # ---------------------------------------------------------------- state bytes
@@ -35,7 +36,7 @@ def state_bytes(names, workloads, quick):
         out[name] = {}
         for label, (model, variables) in sets.items():
             opt = make_optimizer(name)
-            if model is not None and hasattr(opt, "compute_depths_from_model"):
+            if model is not None and isinstance(opt, DepthScheduled):
                 opt.compute_depths_from_model(model)
             opt.build(variables)
             out[name][label] = _bytes_per_param(opt, variables)

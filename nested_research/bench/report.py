@@ -23,7 +23,7 @@ def machine():
         gpus = [d for d in jax.devices() if d.platform == "gpu"]
         desc.update(jax=jax.__version__, tensorflow=None, gpus=[str(d) for d in gpus])
         if gpus:
-            desc["gpu_name"] = getattr(gpus[0], "device_kind", None)
+            desc["gpu_name"] = getattr(gpus[0], "device_kind", None)  # (JAX's device: if known)
     else:
         import tensorflow as tf
 

@@ -10,6 +10,14 @@ import time
 
 from nested_research.bench.setups import make_optimizer, train_workloads
 from nested_research.bench.timing import alternate, backend, summary, sync_optimizer
+from nested_research.optimizers.protocols import DepthScheduled
+
+
+def _intervals(model) -> list[int]:
+    """The update intervals of ``model``'s optimizer (built by the warm-up steps)."""
+    opt = model.optimizer
+    return opt.planned_intervals(model.trainable_variables) if isinstance(opt, DepthScheduled) \
+        else [1]
 
 
 def _compiled_model(builder, name, jit):
@@ -18,7 +26,7 @@ def _compiled_model(builder, name, jit):
     keras.utils.set_random_seed(0)
     model = builder()
     opt = make_optimizer(name)
-    if hasattr(opt, "compute_depths_from_model") and backend() != "jax":
+    if isinstance(opt, DepthScheduled) and backend() != "jax":
         # (JAX: the interval conds update state, which jax.jit cannot; every layer on interval 1)
         opt.compute_depths_from_model(model)
     model.compile(opt, keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -44,8 +52,7 @@ def bench_train_step(names, workloads, modes, repeats, steps, warmup, quick, log
                     model.train_on_batch(xt, yt)
                 runners[name] = model
             # a block is whole cycles of the slowest layers' intervals, for every optimizer
-            cycle = math.lcm(*[k for m in runners.values()
-                               for k in getattr(m.optimizer, "intervals", {1: 1}).values()])
+            cycle = math.lcm(*[k for m in runners.values() for k in _intervals(m)])
             n_steps = cycle * max(1, -(-steps // cycle))
 
             def block(model):

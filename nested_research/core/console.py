@@ -87,7 +87,7 @@ def _filtered_stderr(level: int):
 def started_as_command(argv: list[str] | None = None) -> bool:
     """Whether this process's main program is a module of the package: ``python [options] -m
     nested_research.<module> ...`` (``sys.orig_argv``; ``argv`` for tests)."""
-    argv = list(getattr(sys, "orig_argv", []) if argv is None else argv)
+    argv = list(sys.orig_argv if argv is None else argv)
     i = 1
     while i < len(argv):
         arg = argv[i]

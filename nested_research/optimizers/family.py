@@ -8,7 +8,14 @@ groups this base derives, once for every optimizer:
 * the constructor keywords and their defaults (``inspect.signature`` shows
   them), validated by the groups' checks before anything is built;
 * read-only attributes (``opt.beta_2``) and ``opt.hparams[group]``;
-* ``get_config`` (and so ``from_config``, ``.keras`` files, ``serialize``).
+* ``get_config`` (and so ``from_config``, ``.keras`` files, ``serialize``);
+* :func:`check_arguments`: the keywords checked without building the
+  optimizer (a job's preflight; Keras' own keywords as Keras checks them,
+  ``KerasParams``).
+
+Each optimizer also names its state per trainable variable (``slots`` and
+``STATE_ROLES``; ``model_variables``): the ``protocols.StatefulOptimizer``
+that the tracker reads.
 
 Everything else is Keras' own ``Optimizer``: its ``apply`` does gradient
 clipping, weight decay, learning-rate schedules, loss scaling, EMA,
@@ -38,10 +45,11 @@ import types
 import keras
 from keras import ops
 
-from nested_research.core import hparams
+from typing import Mapping
 
+from nested_research.core import checks, hparams
+from nested_research.core.hparams import HParams, anything, boolean, param
 from nested_research.optimizers import nonfinite
-from nested_research.core.hparams import HParams, boolean, param
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +57,61 @@ class NonFiniteParams(HParams):
     """Skip steps whose gradients hold NaN or inf (``family.py``)."""
 
     skip_nonfinite: bool = param(False, boolean())
+
+
+@dataclasses.dataclass(frozen=True)
+class KerasParams(HParams):
+    """The keywords of Keras' own ``Optimizer`` that every optimizer takes, checked as its
+    constructor checks them (only :func:`check_arguments` uses this group)."""
+
+    weight_decay: object = param(None, anything())
+    clipnorm: object = param(None, anything())
+    clipvalue: object = param(None, anything())
+    global_clipnorm: object = param(None, anything())
+    use_ema: object = param(False, anything())
+    ema_momentum: object = param(0.99, anything())
+    ema_overwrite_frequency: object = param(None, anything())
+    loss_scale_factor: object = param(None, anything())
+    gradient_accumulation_steps: object = param(None, anything())
+
+    def validate(self) -> None:
+        clips = [f"{n}={v!r}" for n, v in (("clipnorm", self.clipnorm),
+                                            ("clipvalue", self.clipvalue),
+                                            ("global_clipnorm", self.global_clipnorm))
+                 if v is not None]
+        if len(clips) > 1:
+            raise ValueError(f"{', '.join(clips)}: set at most one of clipnorm, clipvalue and "
+                             f"global_clipnorm")
+        if self.gradient_accumulation_steps:
+            checks.check_int("gradient_accumulation_steps", self.gradient_accumulation_steps, 2)
+        if self.use_ema:
+            checks.check_real("ema_momentum", self.ema_momentum, 0.0, 1.0)
+            if self.ema_overwrite_frequency:
+                checks.check_int("ema_overwrite_frequency", self.ema_overwrite_frequency, 1)
+
+
+def check_arguments(cls, kwargs: Mapping) -> None:
+    """Check the keywords ``cls(learning_rate=..., **kwargs)`` would get, without building it;
+    ``ValueError`` names the key, the value and what is allowed.
+
+    A family optimizer: each of its groups (``HPARAMS``) checks its keys, and every other key
+    is one of Keras' (``KerasParams``) or ``name``.  Another optimizer class (Keras' own):
+    every key is a parameter of its signature; Keras' shared keywords are checked here, the
+    class's own when it is built.
+    """
+    rest = {k: v for k, v in kwargs.items() if k != "learning_rate"}
+    if isinstance(cls, type) and issubclass(cls, FamilyOptimizer):
+        _, rest = hparams.split(rest, cls.HPARAMS)
+        allowed = [n for group in cls.HPARAMS.values() for n in group.names()]
+        allowed += [*KerasParams.names(), "name"]
+    else:
+        allowed = [n for n, p in inspect.signature(cls).parameters.items()
+                   if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    unknown = sorted(set(rest) - set(allowed))
+    if unknown:
+        raise ValueError(f"{unknown[0]}={rest[unknown[0]]!r} is not a parameter of "
+                         f"{cls.__name__}; allowed: {sorted(set(allowed) - {'learning_rate'})}")
+    KerasParams(**{k: v for k, v in rest.items() if k in KerasParams.names()})
 
 
 class _Field:
@@ -71,6 +134,8 @@ class FamilyOptimizer(keras.optimizers.Optimizer):
     #: Leading constructor arguments (before the group keywords) and their defaults.
     LEADING = (("learning_rate", 0.001),)
     DEFAULT_NAME = "family"
+    #: ``slots`` names -> the family-wide state roles (``protocols.StatefulOptimizer``).
+    STATE_ROLES: dict = {}
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -103,6 +168,10 @@ class FamilyOptimizer(keras.optimizers.Optimizer):
     def model_variables(self) -> list:
         """The trainable variables the optimizer updates, in its order (after ``build``)."""
         return list(self._trainable_variables)
+
+    def slots(self, index: int) -> dict:
+        """The state of trainable variable ``index`` by name (each optimizer names its own)."""
+        raise NotImplementedError(f"{type(self).__name__}.slots")
 
     # ------------------------------------------------------------ non-finite steps
     def build(self, var_list):

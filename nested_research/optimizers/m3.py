@@ -172,6 +172,7 @@ class M3(FamilyOptimizer):
     def uses_newton_schulz(self, variable) -> bool:
         """Whether ``variable`` takes the Newton-Schulz path (else Adam's; module docstring)."""
         p = self.hparams["m3"]
+        # (a Keras variable has a path; a backend tensor or an older Keras' variable a name)
         path = getattr(variable, "path", None) or str(getattr(variable, "name", ""))
         if len(variable.shape) < 2:
             return False

@@ -40,6 +40,7 @@ def all_finite(tensors):
     for t in tensors:
         if t is None:
             continue
+        # (a backend's row-sparse gradient, e.g. IndexedSlices: its fields, no common type)
         values = t.values if hasattr(t, "values") and hasattr(t, "indices") else t
         oks.append(ops.all(ops.isfinite(values)))
     if not oks:

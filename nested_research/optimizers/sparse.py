@@ -53,6 +53,8 @@ class RowSparse(NamedTuple):
 
 
 def is_indexed_slices(gradient) -> bool:
+    """A row-sparse gradient of the backend (TensorFlow's ``IndexedSlices``, by its fields:
+    the backends declare no common type)."""
     return hasattr(gradient, "indices") and hasattr(gradient, "values")
 
 

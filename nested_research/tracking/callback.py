@@ -44,8 +44,8 @@ import warnings
 import keras
 import numpy as np
 
-from nested_research.tracking.probes import (LearningRateLog, OptimizerTimer, base_optimizer,
-                                              has_layer_stats)
+from nested_research.optimizers.protocols import RecordsStats, base_optimizer
+from nested_research.tracking.probes import LearningRateLog, OptimizerTimer
 from nested_research.tracking.state_norms import StateReader
 from nested_research.optimizers.nested.layer_stats import StatsReader
 from nested_research.core.steps import StepCounter
@@ -79,8 +79,8 @@ class TrackingCallback(keras.callbacks.Callback):
         self.start_step = start_step  # batches already trained (a resumed run); None: iterations
         self.opt = optimizer
         base = base_optimizer(optimizer)
-        self.stats_every = int(getattr(base, "stats_every", 0) or stats_every) \
-            if has_layer_stats(base) else int(stats_every)
+        self.stats_every = int(base.stats_every or stats_every) \
+            if isinstance(base, RecordsStats) else int(stats_every)
         self.timing_every = int(timing_every)
         self.log_every = max(int(log_every), 1)
         self.lr = LearningRateLog(optimizer, block=max(256, self.stats_every))
@@ -120,7 +120,7 @@ class TrackingCallback(keras.callbacks.Callback):
         if self.state_reader is None:
             self.state_reader = StateReader(base)
         rows = self.state_reader.read()
-        if has_layer_stats(base):
+        if isinstance(base, RecordsStats):
             if self.reader is None:
                 self.reader = StatsReader(base)
             iterations, stats = self.reader.read()
@@ -141,10 +141,9 @@ class TrackingCallback(keras.callbacks.Callback):
 
     def _timing(self) -> dict:
         if self.timer is None:
-            model_opt = getattr(self.model, "optimizer", None) or self.opt
+            model_opt = self.model.optimizer or self.opt  # (the compiled model's: wrapped or not)
             self.timer = OptimizerTimer(self.model, model_opt,
-                                        jit_compile=bool(getattr(self.model, "jit_compile",
-                                                                 False)))
+                                        jit_compile=bool(self.model.jit_compile))
         opt_ms = self.timer.measure()
         step_ms = float(np.median(self._window)) if self._window else float("nan")
         return {"timing/optimizer_ms": opt_ms, "timing/step_median_ms": step_ms,

@@ -3,6 +3,7 @@
 :class:`LearningRateLog`: the learning rate each step used, from the
 schedule, evaluated in blocks.  :class:`OptimizerTimer`: the wall time of one
 ``optimizer.apply`` in its own ``tf.function``, state restored afterwards.
+Both read the optimizer through ``optimizers.protocols``.
 """
 
 from __future__ import annotations
@@ -14,15 +15,7 @@ import time
 import keras
 import numpy as np
 
-
-def base_optimizer(optimizer):
-    """The optimizer under a ``LossScaleOptimizer`` wrapper, if any."""
-    return getattr(optimizer, "inner_optimizer", optimizer)
-
-
-def has_layer_stats(opt) -> bool:
-    """A ``NestedLearningOptimizer`` (or anything with its per-layer statistics)."""
-    return hasattr(opt, "memory_stats") and hasattr(opt, "stats_every")
+from nested_research.optimizers.protocols import RecordsStats, base_optimizer
 
 
 class LearningRateLog:
@@ -56,7 +49,7 @@ class LearningRateLog:
 
     def __call__(self, index: int) -> float:
         """The learning rate of the update at 0-based step ``index``."""
-        lr = getattr(self.opt, "_learning_rate", None)
+        lr = self.opt._learning_rate  # (Keras: the schedule, or the variable of a plain rate)
         if not isinstance(lr, keras.optimizers.schedules.LearningRateSchedule):
             if self._scalar is None or self._start is None or \
                     not self._start <= index < self._start + self.block:
@@ -101,11 +94,11 @@ class OptimizerTimer:
         self._n_opt = len(state) - len(variables)
 
         base = base_optimizer(optimizer)
-        quiet = getattr(base, "stats_recording", None)
+        records = isinstance(base, RecordsStats)
 
         def apply(grads):
             # the optimizer as on most steps: without the in-step statistics (stats_window.StatsWindow)
-            with quiet(False) if quiet else contextlib.nullcontext():
+            with base.stats_recording(False) if records else contextlib.nullcontext():
                 optimizer.apply(grads, variables)
             return tf.identity(optimizer.iterations.value)
 

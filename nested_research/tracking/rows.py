@@ -74,11 +74,6 @@ class RowJournal:
         self.rows.append(dict(row))
         self.log(row)
 
-    def __getattr__(self, name):  # flush/close of an AsyncLog underneath
-        if name == "log":
-            raise AttributeError(name)
-        return getattr(self.log, name)
-
 
 class AsyncLog:
     """Hands rows to ``log`` (``run.log``) on a background thread, in order.

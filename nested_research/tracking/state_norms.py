@@ -18,8 +18,9 @@ A layer gets a key only when one of its variables holds that role.
 
 Where the roles come from:
 
-* an optimizer of this package: ``slots(i)`` (its state by name) and the
-  class attribute ``STATE_ROLES`` (slot name -> role), declared in its module;
+* an optimizer of this package (``protocols.StatefulOptimizer``): ``slots(i)``
+  (its state by name) and the class attribute ``STATE_ROLES`` (slot name ->
+  role), declared in its module;
 * a Keras optimizer: its variables named ``<variable path>_<slot>`` (the name
   ``add_variable_from_reference`` gives them), read with ``KERAS_ROLES``:
   ``momentum`` -> fast and ``velocity`` -> second (Adam, AdamW, NAdam,
@@ -33,8 +34,8 @@ from collections import OrderedDict
 
 import numpy as np
 
-from nested_research.tracking.probes import base_optimizer
 from nested_research.optimizers.nested.layer_stats import layer_of
+from nested_research.optimizers.protocols import StatefulOptimizer, base_optimizer
 
 ROLES = ("fast", "medium", "slow", "second")
 KEYS = {"fast": "state/fast_norm", "medium": "state/medium_norm", "slow": "state/slow_norm",
@@ -46,7 +47,9 @@ KERAS_ROLES = {"momentum": "fast", "velocity": "second"}
 
 def model_variables(opt) -> list:
     """The variables ``opt`` updates, in its order (after ``build``)."""
-    return list(getattr(opt, "model_variables", None) or opt._trainable_variables)
+    if isinstance(opt, StatefulOptimizer):
+        return list(opt.model_variables)
+    return list(opt._trainable_variables)  # (a Keras optimizer: its own list)
 
 
 def _keras_slots(opt) -> list[dict]:
@@ -63,7 +66,7 @@ def _keras_slots(opt) -> list[dict]:
 def roles_of(opt) -> list[dict]:
     """Per model variable: ``{role: state tensor}`` for the roles it holds."""
     opt = base_optimizer(opt)
-    if hasattr(opt, "slots") and hasattr(opt, "STATE_ROLES"):
+    if isinstance(opt, StatefulOptimizer):
         per_var = [opt.slots(i) for i in range(len(model_variables(opt)))]
         table = opt.STATE_ROLES
     else:

@@ -1,22 +1,23 @@
 """Experiment trackers: Weights & Biases (offline by default) and none.
 
 A tracker is made at the entry point from the ``logger`` config group and
-takes plain arguments.  The trainer uses three calls::
-
-    tracker.start(config, run_dir)        before training
-    tracker.callbacks(optimizer)          Keras callbacks that log during fit
-    tracker.finish(summary, failed)       always, also when the run failed
+takes plain arguments.  What a job asks of it is the :class:`Tracker`
+protocol, which both trackers implement in full: ``start(config, run_dir)``
+before training, ``callbacks(optimizer)`` (Keras callbacks that log during
+fit), ``finish(summary, failed)`` always, also when the run failed; for
+checkpoints ``resume_info``, ``flush`` and ``recent_rows``, and for a resumed
+run ``continue_run(info, step, rows)`` before ``start``.
 
 What ``WandbTracker`` logs: during ``fit``, the rows of its
-``tracking_callback.TrackingCallback`` (that module lists the keys), through
-a background thread and a journal (``wandb_rows.py``); at the end,
+``callback.TrackingCallback`` (that module lists the keys), through a
+background thread and a journal (``rows.py``); at the end,
 ``schedule/table`` (per layer: depth, interval, applied and expected
 updates, ...), ``schedule/heatmap`` (layers x steps, updated or not;
 ``schedule_report.py``), ``schedule/lr`` (the learning rate used at every
-step, also the steps between logged rows; at most
-``tracking_callback.LR_POINTS`` rows, evenly thinned), ``layers/final`` (the
-``memory_stats()`` table), the summary metrics, ``results.json``, and the
-model as an artifact with ``log_model``.
+step, also the steps between logged rows; at most ``callback.LR_POINTS``
+rows, evenly thinned), ``layers/final`` (the ``memory_stats()`` table), the
+summary metrics, ``results.json``, and the model as an artifact with
+``log_model``.
 """
 
 from __future__ import annotations
@@ -26,12 +27,13 @@ import shutil
 import sys
 import time
 import warnings
+from typing import Protocol, runtime_checkable
 
 import keras
 import numpy as np
 
 from nested_research.core.checks import check_choice, check_int
-from nested_research.tracking.probes import base_optimizer, has_layer_stats
+from nested_research.optimizers.protocols import RecordsStats, base_optimizer
 from nested_research.tracking.schedule_report import (HEATMAP_CAP, SCHEDULE_COLUMNS, render_heatmap,
                                              schedule_rows)
 from nested_research.tracking.state_norms import KEYS as STATE_KEYS
@@ -76,12 +78,46 @@ def _hydra_job() -> dict | None:
 
 
 # ---------------------------------------------------------------- trackers
+@runtime_checkable
+class Tracker(Protocol):
+    """What a job asks of its tracker (``training/job.py``), in the order of the calls."""
+
+    #: The optimizer's in-step statistics period the tracker reads at (0: never).
+    stats_every: int
+
+    def continue_run(self, info: dict | None, step: int, rows: list) -> None:
+        """Continue the tracked run a checkpoint names (``info``: the ``resume_info()`` it
+        stored; ``step``: batches trained; ``rows``: its newest rows).  Before ``start``."""
+
+    def start(self, config: dict, run_dir: str) -> None:
+        """Open the tracked run (``config``: the job's resolved config)."""
+
+    def callbacks(self, optimizer) -> list:
+        """Keras callbacks that log during ``fit``."""
+
+    def resume_info(self) -> dict | None:
+        """What a resumed run needs to continue the tracked run (stored in checkpoints)."""
+
+    def flush(self) -> None:
+        """Hand every queued row on (a checkpoint calls this before it is written)."""
+
+    def recent_rows(self) -> list:
+        """The newest rows logged (stored in checkpoints)."""
+
+    def finish(self, summary: dict | None, failed: bool = False, optimizer=None) -> None:
+        """Close the tracked run; always called, also when the run failed."""
+
+
 class NullTracker:
-    """Logs nothing; prints the per-layer table at the end."""
+    """Logs nothing; prints the per-layer table at the end.  A :class:`Tracker` whose resume
+    hooks do nothing."""
 
     def __init__(self, stats_every: int = 0):
         self.stats_every = int(stats_every)
         self.run_dir = None
+
+    def continue_run(self, info: dict | None, step: int, rows: list) -> None:
+        """Nothing to continue."""
 
     def start(self, config: dict, run_dir: str) -> None:
         self.run_dir = run_dir
@@ -92,12 +128,15 @@ class NullTracker:
     def flush(self) -> None:
         """Nothing queued (a checkpoint calls this before it is written)."""
 
+    def recent_rows(self) -> list:
+        return []
+
     def resume_info(self) -> dict | None:
         return None
 
     def finish(self, summary: dict | None, failed: bool = False, optimizer=None) -> None:
         opt = base_optimizer(optimizer) if optimizer is not None else None
-        if opt is not None and hasattr(opt, "memory_stats") and opt.built:
+        if isinstance(opt, RecordsStats) and opt.built:
             print("\nPer-layer optimizer state:")
             print(format_table(opt.memory_stats()))
 
@@ -135,8 +174,8 @@ class WandbTracker:
         self.heatmap_cap = int(heatmap_cap)
         self.async_log = bool(async_log)
         self.flush_timeout = 30.0  # seconds finish() waits for the log to be on disk
-        # A resumed run (trainer.resume, set by job.run before start): the W&B run id to
-        # continue, and the batches already trained; rows already in that run are not re-logged.
+        # A resumed run (continue_run, before start): the W&B run id to continue, and the
+        # batches already trained; rows already in that run are not re-logged.
         self.resume_id: str | None = None
         self.start_step: int | None = None
         self._logged: tuple[int, int] | None = None
@@ -146,7 +185,20 @@ class WandbTracker:
         self.run = None
         self.run_dir = None
         self.callback: TrackingCallback | None = None
+        self.wandb_dir = None      # where the run's wandb/ folder goes (start)
         self.wandb_run_dir = None
+
+    def continue_run(self, info: dict | None, step: int, rows: list) -> None:
+        """Continue the W&B run ``info`` names (its id, and where its files are) after
+        ``step`` batches; ``rows``: the checkpoint's rows (logged again if the run lacks
+        them).  Nothing without a W&B run id."""
+        info = info or {}
+        if not info.get("id"):
+            return
+        self.resume_id, self.start_step = info["id"], int(step)
+        self.replay_rows = list(rows)
+        if info.get("dir") and not os.environ.get("WANDB_DIR"):
+            self.dir = info["dir"]  # the run's W&B files stay together
 
     # -- start
     def _init(self, wandb, mode: str, config: dict, wandb_dir: str, name, group, tags):
@@ -207,7 +259,7 @@ class WandbTracker:
             self.run.define_metric(pattern, step_metric="trainer/step")
         for pattern in ("val/*", "train_epoch/*"):
             self.run.define_metric(pattern, step_metric="trainer/epoch")
-        run_files = getattr(self.run, "dir", None)
+        run_files = getattr(self.run, "dir", None)  # (W&B's run object: absent or None offline)
         self.wandb_run_dir = os.path.dirname(run_files) if run_files else None
 
     def callbacks(self, optimizer) -> list:
@@ -228,14 +280,14 @@ class WandbTracker:
             self._logger.flush(self.flush_timeout)
 
     def recent_rows(self) -> list:
-        """The newest rows logged (stored in checkpoints, see ``wandb_rows.RowJournal``)."""
+        """The newest rows logged (stored in checkpoints, see ``rows.RowJournal``)."""
         return list(self.journal.rows) if self.journal is not None else []
 
     def resume_info(self) -> dict | None:
         """What a resumed run needs to continue this W&B run (stored in checkpoints)."""
         if self.run is None:
             return None
-        return {"id": self.run.id, "dir": getattr(self, "wandb_dir", None)}
+        return {"id": self.run.id, "dir": self.wandb_dir}
 
     # -- finish
     def _end_of_run(self, optimizer) -> None:
@@ -254,7 +306,7 @@ class WandbTracker:
         if cb is not None:
             stats = cb.read_stats() or {}
         else:
-            stats = base.memory_stats() if has_layer_stats(base) else {}
+            stats = base.memory_stats() if isinstance(base, RecordsStats) else {}
         row = {"trainer/step": step}
         if stats:
             fields = [f for f in FIELDS + tuple(STATE_KEYS.values())
@@ -262,7 +314,7 @@ class WandbTracker:
             row["layers/final"] = wandb.Table(
                 columns=["layer"] + fields,
                 data=[[layer] + [r.get(f) for f in fields] for layer, r in stats.items()])
-        if not has_layer_stats(base):
+        if not isinstance(base, RecordsStats):
             if stats:
                 self.run.log(row)
             return
@@ -285,6 +337,7 @@ class WandbTracker:
             return
 
         results = os.path.join(self.run_dir or "", "results.json")
+        # (W&B's run object: its files' folder, when it has one)
         if self.run_dir and os.path.exists(results) and getattr(self.run, "dir", None):
             copy = os.path.join(self.run.dir, "results.json")  # a copy, not a symlink
             shutil.copyfile(results, copy)

@@ -1,13 +1,21 @@
 """What a job builds from its composed config (``instantiate`` is called only here and in
-``job.py``): the learning rate, the optimizer, the distribution strategy, the model's inputs."""
+``job.py``): the learning rate, the optimizer, the distribution strategy, the model's inputs.
+
+The optimizer is built once per job, in ``job.py`` once the data fixes the run's length;
+:func:`check_optimizer` (preflight) checks its keywords before anything is built, through the
+class's declared parameters (``family.check_arguments``).
+"""
 
 from __future__ import annotations
+
+import pydoc
 
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from nested_research.core.checks import check_real
 from nested_research.core.errors import ConfigError
+from nested_research.optimizers.family import check_arguments
 from nested_research.optimizers.schedules import RunSchedule
 from nested_research.training.config_groups import optimizer_group_args
 
@@ -55,6 +63,17 @@ def build_learning_rate(cfg: DictConfig, steps_per_epoch: int, total_steps: int)
                             **params)
 
 
+def _extra_arguments(cfg: DictConfig, total_steps: int, stats_every: int) -> dict:
+    """The optimizer's keywords beside ``optimizer.params``: the run-length parameters, and the
+    memory/blend/interval groups where the config has them (``optimizer=nested`` brings them:
+    ``config_groups.py``) with ``stats_every``."""
+    extra = {name: int(total_steps) for name in run_length_params(cfg)}
+    groups = optimizer_group_args(cfg)
+    if groups:
+        extra.update(groups, stats_every=stats_every)
+    return extra
+
+
 def build_optimizer(cfg: DictConfig, steps_per_epoch: int, total_steps: int, stats_every: int):
     """The optimizer: ``optimizer.params`` plus the memory/blend/interval groups where the config
     has them (``optimizer=nested`` brings them: ``config_groups.py``) and then ``stats_every``.
@@ -63,12 +82,24 @@ def build_optimizer(cfg: DictConfig, steps_per_epoch: int, total_steps: int, sta
     (``total_steps``) here, as AdEMAMix's authors set its warm-ups; ``[]`` keeps the file's values.
     """
     lr = build_learning_rate(cfg, steps_per_epoch, total_steps)
-    extra = {name: int(total_steps) for name in run_length_params(cfg)}
-    groups = optimizer_group_args(cfg)
-    if groups:
-        extra.update(groups, stats_every=stats_every)
+    extra = _extra_arguments(cfg, total_steps, stats_every)
     # (_convert_: list parameters, e.g. Muon's exclude_layers, reach the optimizer as lists)
     return instantiate(cfg.optimizer.params, learning_rate=lr, _convert_="all", **extra)
+
+
+def check_optimizer(cfg: DictConfig, total_steps: int, stats_every: int) -> None:
+    """What :func:`build_optimizer` would get, checked without building the optimizer: the
+    learning rate and its schedule (a plain object, built on trial with one step per epoch) and
+    every keyword through the class's declaration (``family.check_arguments``); ``ValueError``.
+    """
+    build_learning_rate(cfg, steps_per_epoch=1, total_steps=total_steps)
+    params = OmegaConf.to_container(cfg.optimizer.params, resolve=True)
+    target = params.pop("_target_")
+    cls = pydoc.locate(str(target))
+    if not isinstance(cls, type):
+        raise ConfigError(f"optimizer.params._target_={target!r} must be the import path of an "
+                          f"optimizer class")
+    check_arguments(cls, {**params, **_extra_arguments(cfg, total_steps, stats_every)})
 
 
 def run_length_params(cfg: DictConfig) -> list[str]:

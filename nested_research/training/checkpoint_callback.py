@@ -8,12 +8,14 @@ When
     epoch's validation and logging, as "epoch e+1, position 0".
 
 What and how
-    ``checkpoint.write``: the model's, the optimizer's, the running metrics'
-    and the guard's variables, the tracker's newest rows and the run's facts,
-    written atomically (``checkpoint.py`` describes the files).
+    ``checkpoint_files.write``: the model's, the optimizer's, the running
+    metrics' and the guard's variables, the tracker's newest rows and the
+    run's facts, written atomically (``checkpoint_files.py`` describes the
+    files).  ``fit`` hands the checkpointer the guard's variables and, in a
+    resumed run, its ``resume.Resume`` (:meth:`Checkpointer.prepare`).
 
 Test hook
-    ``NESTED_RESEARCH_KILL_AT_STEP=<n>`` (``checkpoint.KILL_ENV``) makes the
+    ``NESTED_RESEARCH_KILL_AT_STEP=<n>`` (``checkpoint_files.KILL_ENV``) makes the
     training process SIGKILL itself right after batch ``n`` (after that
     batch's checkpoint, if one was due).  Only the resume tests use it.
 """
@@ -40,8 +42,8 @@ class Checkpointer(keras.callbacks.Callback):
     ``every``: batches between checkpoints (0: only ``save_final``).  ``meta``:
     facts stored with every checkpoint (config, W&B run).  ``before_save``:
     called first (the tracker's flush, so W&B holds every row up to the step).
-    ``resume``: the :class:`Resume` the fit continues from.  ``log_rows``: returns
-    the tracker's newest rows (``rows.json``).  ``defer_tail``: a checkpoint due
+    ``log_rows``: returns the tracker's newest rows (``rows.json``).
+    ``defer_tail``: a checkpoint due
     in the last ``defer_tail`` batches of an epoch waits for the epoch's end
     (under a ``tf.distribute`` strategy Keras first reads a batch of the stream
     ahead of training, and the distributed input prefetches a few more: a
@@ -51,8 +53,8 @@ class Checkpointer(keras.callbacks.Callback):
     """
 
     def __init__(self, run_dir: str, every: int, steps_per_epoch: int, keep: int = 2,
-                 meta: dict | None = None, before_save=None, resume: Resume | None = None,
-                 log_rows=None, defer_tail: int = 0):
+                 meta: dict | None = None, before_save=None, log_rows=None,
+                 defer_tail: int = 0):
         super().__init__()
         self.defer_tail = int(defer_tail)
         self.run_dir, self.every, self.keep = run_dir, int(every), int(keep)
@@ -60,17 +62,24 @@ class Checkpointer(keras.callbacks.Callback):
         self.meta = dict(meta or {})
         self.before_save = before_save
         self.log_rows = log_rows
-        self.resume = resume
+        self.resume: Resume | None = None
         self.extra_variables = []
-        self.history = {k: list(v) for k, v in resume.history.items()} if resume else {}
-        self.step = resume.step if resume else 0
-        self.epoch = resume.epoch if resume else 0
-        self.position = 0
+        self.history = {}
+        self.step = self.epoch = self.position = 0
         self.saved = []          # paths written by this fit
         self._counter = StepCounter()
         self._due_at_epoch_end = False
         kill = os.environ.get(KILL_ENV)
         self._kill_at = int(kill) if kill else None
+
+    def prepare(self, extra_variables, resume: Resume | None = None) -> None:
+        """What ``fit`` hands over before training: the variables saved beside the model's
+        (the guard's) and the :class:`Resume` the fit continues from (``None``: a fresh run)."""
+        self.extra_variables = list(extra_variables)
+        self.resume = resume
+        if resume is not None:
+            self.history = {k: list(v) for k, v in resume.history.items()}
+            self.step, self.epoch = resume.step, resume.epoch
 
     # -- hooks
     def on_epoch_begin(self, epoch, logs=None):

@@ -39,7 +39,7 @@ Atomic writes
 
 Related modules: ``checkpointer.py`` (the callback that writes checkpoints
 during ``fit``), ``resume.py`` (checking and restoring one for
-``trainer.resume``), ``wandb_rows.py`` (the W&B rows a checkpoint carries).
+``trainer.resume``), ``tracking/rows.py`` (the W&B rows a checkpoint carries).
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ class Checkpoint:
         return os.path.dirname(os.path.dirname(self.path))
 
     def rows(self) -> list[dict]:
-        """The tracker rows logged up to this checkpoint (``wandb_rows.RowJournal``)."""
+        """The tracker rows logged up to this checkpoint (``tracking.rows.RowJournal``)."""
         with open(os.path.join(self.path, "rows.json")) as fh:
             return json.load(fh)
 
@@ -275,6 +275,7 @@ def write(run_dir: str, step: int, variables: dict[str, list], meta: dict,
             specs[group] = []
             for v in variables.get(group, []):
                 value = np.array(keras.ops.convert_to_numpy(v), order="C", copy=True)
+                # (a Keras variable's path; a backend variable has only a name)
                 specs[group].append({"path": getattr(v, "path", None) or v.name,
                                      "shape": list(value.shape), "dtype": str(value.dtype),
                                      "offset": offset})
@@ -318,5 +319,5 @@ def mismatch(group: str, variables: list, specs: list) -> str | None:
         if shape != list(spec["shape"]) or dtype != spec["dtype"]:
             return (f"{group} variable {i} ({spec['path']!r}) is {spec['dtype']}"
                     f"{tuple(spec['shape'])} there, {dtype}{tuple(shape)} here "
-                    f"({getattr(v, 'path', v.name)!r})")
+                    f"({getattr(v, 'path', v.name)!r})")  # (as in write)
     return None

@@ -10,6 +10,11 @@ A byte-level language model (``data.task == "language_model"``: next-byte
 targets at every position, so the loss is the mean next-byte cross entropy in
 nats) also reports ``train/``, ``val/`` and ``test/bits_per_byte`` (and
 ``val/best_bits_per_byte``) = loss / ln 2, per epoch as well (:class:`BitsPerByte`).
+
+A resumed run (``trainer.resume``) hands ``fit`` its checkpoint; ``fit`` owns the
+``resume.Resume`` made of it: it restores the state into the compiled model, trims
+``progress.jsonl`` to the checkpoint's epochs, starts the callbacks (the checkpointer's
+counts among them) where the run left off, and joins the saved history to the new epochs.
 """
 
 from __future__ import annotations
@@ -21,10 +26,12 @@ from dataclasses import dataclass, field
 
 import keras
 
-from nested_research.training.guard import DEFAULT_MAX_NONFINITE_STEPS, NonFiniteGuard, QuietProgbar
-from nested_research.training.resume import EpochCut, advance_shuffle, epoch_stream
-from nested_research.training.stats_window import StatsWindow
 from nested_research.core.steps import StepCounter
+from nested_research.training.guard import (DEFAULT_MAX_NONFINITE_STEPS, NonFiniteGuard,
+                                            QuietProgbar)
+from nested_research.training.resume import (EpochCut, Resume, advance_shuffle, epoch_stream,
+                                             trim_progress)
+from nested_research.training.stats_window import StatsWindow
 
 _KERAS_TO_OURS = {"loss": "loss", "accuracy": "accuracy"}
 LN2 = math.log(2.0)
@@ -109,7 +116,7 @@ def fit(model: keras.Model, optimizer, data, *, epochs: int, max_steps: int | No
         verbose: int = 1, progress_path: str | None = None,
         run_eagerly: bool = False,
         max_nonfinite_steps: int = DEFAULT_MAX_NONFINITE_STEPS,
-        checkpointer=None, resume=None) -> TrainResult:
+        checkpointer=None, checkpoint=None) -> TrainResult:
     """Train ``model`` on ``data`` (a ``DataBundle``) and evaluate it on the test split.
 
     ``progress_path``: a JSON-lines file that gets one row of metrics per epoch.
@@ -117,9 +124,10 @@ def fit(model: keras.Model, optimizer, data, *, epochs: int, max_steps: int | No
     window run the recording step (``stats_window.StatsWindow``).
     Steps with a non-finite loss or gradient are skipped (``guard.py``); ``max_nonfinite_steps``
     consecutive non-finite losses raise ``guard.NonFiniteLossError``.
-    ``checkpointer``: a ``checkpointer.Checkpointer`` (periodic checkpoints, and one at the end
-    when ``model.fit`` returns); ``resume``: a ``resume.Resume`` to continue from.  The
-    training data is ``resume.epoch_stream`` of ``data.train`` (one shuffle order per epoch).
+    ``checkpointer``: a ``checkpoint_callback.Checkpointer`` (periodic checkpoints, and one at
+    the end when ``model.fit`` returns); ``checkpoint``: a ``checkpoint_files.Checkpoint`` to
+    continue from (module docstring).  The training data is ``resume.epoch_stream`` of
+    ``data.train`` (one shuffle order per epoch).
     ``verbose``: Keras' progress bar (``guard.QuietProgbar``: ``skipped_steps`` shows once a
     step was skipped).
     """
@@ -131,9 +139,15 @@ def fit(model: keras.Model, optimizer, data, *, epochs: int, max_steps: int | No
         jit_compile=jit_compile,
         run_eagerly=run_eagerly,
     )
-    first_epoch, skip, done = (resume.epoch, resume.position, resume.step) if resume else (0, 0, 0)
-    if resume is not None:
+    resume = None
+    if checkpoint is not None:
+        resume = Resume(checkpoint)
         resume.restore(model, data, extra_variables=guard.variables)
+        if progress_path:  # its rows of epochs after the checkpoint are written again
+            trim_progress(progress_path, resume.epochs_done)
+        print(f"resuming {checkpoint.run_dir} from {checkpoint.path}: epoch "
+              f"{resume.epoch + 1}, batch {resume.position} of the epoch, step {resume.step}")
+    first_epoch, skip, done = (resume.epoch, resume.position, resume.step) if resume else (0, 0, 0)
     callbacks = list(callbacks or [])
     byte_lm = data.task == "language_model"
     if byte_lm:
@@ -148,7 +162,7 @@ def fit(model: keras.Model, optimizer, data, *, epochs: int, max_steps: int | No
         callbacks[-1].steps = done
     callbacks.append(guard)  # last: the others see the step that stops the run
     if checkpointer is not None:  # after the guard: a step that stops the run is not saved
-        checkpointer.extra_variables = guard.variables
+        checkpointer.prepare(guard.variables, resume)
         callbacks.append(checkpointer)
     if verbose:  # last, where Keras puts its own bar
         callbacks.append(QuietProgbar())
@@ -169,7 +183,7 @@ def fit(model: keras.Model, optimizer, data, *, epochs: int, max_steps: int | No
     wall = time.perf_counter() - start
 
     per_epoch = {k: list(v) for k, v in resume.history.items()} if resume else {}
-    before = max((len(v) for v in per_epoch.values()), default=0)
+    before = resume.epochs_done if resume else 0
     for key, values in trained.items():
         name = next(iter(rename({key: 0.0}, "train")))
         per_epoch[name] = per_epoch.get(name, [])[:before] + [float(v) for v in values]

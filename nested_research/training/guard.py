@@ -15,7 +15,7 @@ The skip is ``optimizers.nonfinite.NonFiniteSkip``, the same mechanism as the fa
 optimizers' ``skip_nonfinite`` (one flag more: the loss).  The guard is then a Keras callback
 that stops the run with
 ``NonFiniteLossError`` once the loss has been non-finite for
-``max_nonfinite_steps`` consecutive steps.  ``trainer.fit`` installs it on
+``max_nonfinite_steps`` consecutive steps.  ``fit.fit`` installs it on
 every model it trains (``trainer.max_nonfinite_steps``, default 20).
 
 Decisions
@@ -71,7 +71,7 @@ Decisions
   epoch), the history and ``results.json`` ``metrics`` as
   ``train/skipped_steps``; ``TrainResult.skipped_steps`` and
   ``results.json`` ``skipped_steps`` hold the exact count.  Keras' progress bar
-  shows it only once a step was skipped (``QuietProgbar``, which ``trainer.fit``
+  shows it only once a step was skipped (``QuietProgbar``, which ``fit.fit``
   passes to ``model.fit``).
 * **Stopping.**  The callback reads the streak counter after every batch (one
   scalar; Keras already converts the logs to Python numbers after every
@@ -91,7 +91,7 @@ Decisions
 
 The model keeps its class (``model.keras`` files stay plain functional
 models); the guard's counters are Keras variables held by the guard
-(``guard.variables``, which ``trainer.fit`` hands to the checkpointer), not
+(``guard.variables``, which ``fit.fit`` hands to the checkpointer), not
 in ``model.weights``.
 It needs the TensorFlow backend and uses the Keras internals that Keras' own
 TensorFlow ``train_step`` uses (``Model._loss_tracker``, ``Model._compute_loss``,
@@ -204,7 +204,7 @@ class NonFiniteGuard(keras.callbacks.Callback):
 
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         with tf.GradientTape() as tape:
-            if getattr(model, "_call_has_training_arg", True):
+            if getattr(model, "_call_has_training_arg", True):  # (Keras internals, by version)
                 y_pred = model(x, training=True)
             else:
                 y_pred = model(x)
@@ -278,7 +278,7 @@ class NonFiniteGuard(keras.callbacks.Callback):
         streak = int(self._streak.numpy())
         if streak >= self.max_nonfinite_steps:
             last = self._batches
-            opt = getattr(self.model, "optimizer", None)
+            opt = self.model.optimizer  # (compiled: fit is running)
             updates = int(ops.convert_to_numpy(opt.iterations)) if opt is not None else 0
             raise NonFiniteLossError(
                 f"the loss was NaN or infinite for {streak} consecutive steps (steps "
@@ -294,7 +294,7 @@ class QuietProgbar(keras.callbacks.ProgbarLogger):
 
     The guarded step returns ``skipped_steps`` in its logs (for the tracker and
     the history); the bar shows it only once it is non-zero.  Passed in ``fit``'s
-    callbacks, it replaces the bar Keras would add (``trainer.fit`` does this).
+    callbacks, it replaces the bar Keras would add (``fit.fit`` does this).
     """
 
     @staticmethod

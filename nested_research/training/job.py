@@ -1,12 +1,16 @@
 """One training job: ``run(cfg, output_dir)`` trains once as the composed config says.
 
-Builds (with ``instantiate``) the data, the model, the optimizer and the
-tracker, trains (``trainer.fit``), evaluates, and writes ``results.json``,
-``model.keras`` and ``progress.jsonl`` into ``output_dir``; returns the
-monitored metric (``trainer.monitor``).  The config recorded in ``results.json``
-and the W&B run carries ``versions`` (``core.environment.versions``).  Nothing is written before the job
-passed ``preflight.preflight`` (once: ``checked`` when the caller ran it).
-The command line (``train.py``) and the studies (``study.py``) call it.
+Builds (with ``instantiate``) the tracker, the data, the model and the
+optimizer (once, now that the data fixes the run's length), trains
+(``fit.fit``), evaluates, and writes ``results.json``, ``model.keras`` and
+``progress.jsonl`` into ``output_dir``; returns the monitored metric
+(``trainer.monitor``).  The config recorded in ``results.json`` and the W&B
+run carries ``versions`` (``core.environment.versions``).  Nothing is written
+before the job passed ``preflight.preflight`` (once: ``checked`` when the
+caller ran it).  A resumed
+run (``trainer.resume``) hands the checkpoint preflight found to ``fit``,
+which restores and continues from it (``resume.py``).  The command line
+(``train.py``) and the studies (``nested_research.studies``) call it.
 """
 
 from __future__ import annotations
@@ -20,12 +24,15 @@ import time
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from nested_research.training import preflight
-from nested_research.training.builders import (build_optimizer, make_strategy, model_inputs,
-                                      run_length_params)
 from nested_research.core.environment import versions
 from nested_research.core.errors import ConfigError
-from nested_research.training.preflight import Preflighted, data_error, job_output_dir
+from nested_research.optimizers.protocols import DepthScheduled
+from nested_research.tracking.trackers import Tracker
+from nested_research.training import preflight
+from nested_research.training.builders import (build_optimizer, make_strategy, model_inputs,
+                                               run_length_params)
+from nested_research.training.preflight import (Preflighted, data_error, job_output_dir,
+                                                optimizer_error)
 
 
 def make_output_dir(output_dir: str) -> None:
@@ -74,8 +81,8 @@ def run(cfg: DictConfig, output_dir: str, checked: Preflighted | None = None) ->
         tf.config.experimental.enable_op_determinism()
     previous_policy = keras.mixed_precision.global_policy().name
     keras.mixed_precision.set_global_policy(t.precision)
-    tracker = instantiate(cfg.logger)
-    failed, result, model = True, None, None
+    tracker: Tracker = instantiate(cfg.logger)  # (preflight checked that it is one)
+    failed, result, optimizer = True, None, None
     try:
         try:
             data = instantiate(cfg.data, batch_size=t.batch_size, seed=t.seed, _convert_="all")
@@ -90,8 +97,12 @@ def run(cfg: DictConfig, output_dir: str, checked: Preflighted | None = None) ->
             total = t.epochs * data.steps_per_epoch
             if t.max_steps is not None:
                 total = min(total, t.max_steps)
-            optimizer = build_optimizer(cfg, data.steps_per_epoch, total, tracker.stats_every)
-            if getattr(optimizer, "auto_schedule", False):
+            try:  # the one construction of the optimizer (preflight checked its keywords)
+                optimizer = build_optimizer(cfg, data.steps_per_epoch, total,
+                                            tracker.stats_every)
+            except Exception as err:  # what only the constructor checks
+                raise optimizer_error(cfg, err) from err
+            if isinstance(optimizer, DepthScheduled) and optimizer.auto_schedule:
                 optimizer.compute_depths_from_model(model)
             config = OmegaConf.to_container(cfg, resolve=True)  # (checkpoints: as the user set it)
             recorded = copy.deepcopy(config)  # (W&B, results.json: as the optimizer got it)
@@ -99,8 +110,12 @@ def run(cfg: DictConfig, output_dir: str, checked: Preflighted | None = None) ->
                 recorded["optimizer"]["params"][name] = total
             # what it ran with; not in ``config``, so a resume is not refused over an upgrade
             recorded["versions"] = versions()
-            progress = os.path.join(output_dir, "progress.jsonl")
-            resume = _prepare_resume(checked.checkpoint, model, tracker, progress)
+            ckpt = checked.checkpoint  # trainer.resume: fit continues from it
+            if ckpt is not None:
+                from nested_research.training.resume import check_model
+
+                check_model(ckpt, model)  # before anything is written (the tracker's start)
+                tracker.continue_run(ckpt.meta.get("wandb"), ckpt.step, ckpt.rows())
             tracker.start(recorded, output_dir)
             from nested_research.training.fit import fit
 
@@ -108,19 +123,19 @@ def run(cfg: DictConfig, output_dir: str, checked: Preflighted | None = None) ->
             if t.get("checkpoint_every") is not None:
                 from nested_research.training.checkpoint_callback import Checkpointer
 
-                info = getattr(tracker, "resume_info", lambda: None)()
                 checkpointer = Checkpointer(
                     output_dir, t.checkpoint_every, data.steps_per_epoch,
-                    keep=t.get("keep_checkpoints") or 2, meta={"config": config, "wandb": info},
-                    before_save=getattr(tracker, "flush", None), resume=resume,
-                    log_rows=getattr(tracker, "recent_rows", None),
+                    keep=t.get("keep_checkpoints") or 2,
+                    meta={"config": config, "wandb": tracker.resume_info()},
+                    before_save=tracker.flush, log_rows=tracker.recent_rows,
                     defer_tail=8 if t.strategy else 0)
             result = fit(model, optimizer, data, epochs=t.epochs, max_steps=t.max_steps,
                          jit_compile=t.jit_compile, callbacks=tracker.callbacks(optimizer),
-                         verbose=t.verbose, progress_path=progress,
+                         verbose=t.verbose,
+                         progress_path=os.path.join(output_dir, "progress.jsonl"),
                          run_eagerly=t.run_eagerly,
                          max_nonfinite_steps=t.max_nonfinite_steps,
-                         checkpointer=checkpointer, resume=resume)
+                         checkpointer=checkpointer, checkpoint=ckpt)
         model.save(os.path.join(output_dir, "model.keras"))
         value = _monitored(result.metrics, t.monitor)
         failed = not math.isfinite(value)
@@ -137,27 +152,6 @@ def run(cfg: DictConfig, output_dir: str, checked: Preflighted | None = None) ->
         print(f"results: {os.path.join(output_dir, 'results.json')}")
         return value
     finally:
-        tracker.finish(result.metrics if result else None, failed=failed,
-                       optimizer=getattr(model, "optimizer", None))
+        tracker.finish(result.metrics if result else None, failed=failed, optimizer=optimizer)
         keras.mixed_precision.set_global_policy(previous_policy)
 
-
-def _prepare_resume(ckpt, model, tracker, progress_path: str):
-    """A ``resume.Resume`` for ``ckpt`` (``None``: a fresh run); sets up the W&B run to
-    continue and drops ``progress.jsonl`` rows of epochs after the checkpoint."""
-    if ckpt is None:
-        return None
-    from nested_research.training.resume import Resume, check_model, trim_progress
-
-    check_model(ckpt, model)  # before anything is written
-    info = ckpt.meta.get("wandb") or {}
-    if info.get("id") and hasattr(tracker, "resume_id"):
-        tracker.resume_id, tracker.start_step = info["id"], ckpt.step
-        tracker.replay_rows = ckpt.rows()
-        if info.get("dir") and not os.environ.get("WANDB_DIR"):
-            tracker.dir = info["dir"]  # the run's W&B files stay together
-    resume = Resume(ckpt)
-    trim_progress(progress_path, max((len(v) for v in resume.history.values()), default=0))
-    print(f"resuming {ckpt.run_dir} from {ckpt.path}: epoch {ckpt.epoch + 1}, batch "
-          f"{ckpt.position} of the epoch, step {ckpt.step}")
-    return resume

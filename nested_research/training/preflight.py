@@ -1,7 +1,9 @@
 """Preflight: everything a job checks before it writes anything, run once per job.
 
 :func:`preflight` validates the config (``trainer`` types and ranges, the
-optimizer and tracker built once on trial), finds the checkpoint
+optimizer's keywords through their declaration, without building it: the job
+builds it once, ``builders.check_optimizer``; the tracker built on trial and
+checked to be a ``tracking.Tracker``), finds the checkpoint
 ``trainer.resume`` continues from, and checks that the output directories
 can be written and that the data directory holds usable data, reading only.
 It returns a :class:`Preflighted` record; ``job.run`` takes one (``checked``)
@@ -21,8 +23,9 @@ from typing import TYPE_CHECKING
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from nested_research.training.builders import build_optimizer
 from nested_research.core.errors import ConfigError
+from nested_research.tracking.trackers import Tracker
+from nested_research.training.builders import check_optimizer
 from nested_research.training.settings import TrainerParams
 
 if TYPE_CHECKING:
@@ -61,14 +64,18 @@ def validate(cfg: DictConfig) -> None:
     """Everything that can be checked before data is built; raises ``ConfigError``."""
     check_trainer(cfg.trainer)
     try:
-        # Steps per epoch are known only once data is built; max_steps bounds the run if set.
-        build_optimizer(cfg, steps_per_epoch=1, total_steps=cfg.trainer.max_steps or 10**9,
+        # The run's length is known once data is built; max_steps bounds it if set.
+        check_optimizer(cfg, total_steps=cfg.trainer.max_steps or 10**9,
                         stats_every=cfg.logger.get("stats_every", 0))
-        instantiate(cfg.logger)
+        tracker = instantiate(cfg.logger)
     except ConfigError:
         raise
     except Exception as err:  # instantiate wraps the constructor's ValueError/TypeError
         raise ConfigError(_short(err)) from err
+    if not isinstance(tracker, Tracker):
+        raise ConfigError(f"logger._target_={cfg.logger.get('_target_')!r} is not a tracker: "
+                          f"{type(tracker).__name__} does not implement every call of "
+                          f"nested_research.tracking.Tracker (NullTracker and WandbTracker do)")
 
 
 # ---------------------------------------------------------------- paths (checked, not created)
@@ -117,6 +124,13 @@ def data_error(cfg: DictConfig, err: Exception) -> ConfigError:
         return ConfigError(f"data.data_dir={cfg.data.get('data_dir')!r} "
                            f"(data={cfg.data.name}): {inner}")
     return ConfigError(f"data ({cfg.data.name}): {_short(err)}")
+
+
+def optimizer_error(cfg: DictConfig, err: Exception) -> ConfigError:
+    """A failure of the optimizer's constructor as one message: what only the constructor
+    checks (the values of a Keras optimizer's own parameters, ``builders.check_optimizer``)."""
+    return ConfigError(f"optimizer={cfg.optimizer.name} ({cfg.optimizer.params._target_}): "
+                       f"{_short(err)}")
 
 
 def check_data(cfg: DictConfig) -> None:

@@ -1,22 +1,26 @@
 """Resuming a run from its checkpoint (``trainer.resume``).
 
-Checked before anything is written (:func:`check_resume`): the run directory
-holds a complete checkpoint (``checkpoint.latest``), the run has not finished,
-and the checkpoint was written with this config (:func:`config_diff`; only the
-keys in ``RESUME_MAY_DIFFER`` may change, and those of ``RESUME_MAY_BE_GONE``
-may be missing now: release 0.2 wrote them where they had no effect).
+Checked before anything is written (:func:`check_resume`, in preflight): the
+run directory holds a complete checkpoint (``checkpoint_files.latest``), the
+run has not finished, and the checkpoint was written with this config
+(:func:`config_diff`; only the keys in ``RESUME_MAY_DIFFER`` may change, and those of
+``RESUME_MAY_BE_GONE`` may be missing now: release 0.2 wrote them where they had no effect).
+``job.run`` then checks the model against it (:func:`check_model`, before the
+tracker writes), has the tracker continue its run (``Tracker.continue_run``:
+the W&B run goes on under its id without logging a step twice,
+``tracking.rows.RowJournal``) and hands the checkpoint to ``fit.fit``.
 
-Restored (:class:`Resume`): weights, optimizer state, metrics, RNG states,
-step and epoch.  The batches of the interrupted epoch that were already
-trained are skipped, so the data order is exactly that of an uninterrupted
-run: the training stream is ``data.train`` iterated once per epoch (one new
-shuffle order per iteration, drawn from the dataset's seeded generator,
-:func:`epoch_stream`), and a resumed run first draws (and discards) the
-orders of the finished epochs (:func:`advance_shuffle`); :class:`EpochCut`
-ends the interrupted epoch where an uninterrupted run would have.
-``progress.jsonl`` loses rows of epochs after the checkpoint
-(:func:`trim_progress`; they are written again), and the W&B run continues
-under its id without logging a step twice (``wandb_rows.RowJournal``).
+``fit`` makes the :class:`Resume` and owns it: it restores weights, optimizer
+state, metrics, RNG states, step and epoch; the checkpointer counts on from
+it; ``progress.jsonl`` loses rows of epochs after the checkpoint
+(:func:`trim_progress`; they are written again).  The batches of the
+interrupted epoch that were already trained are skipped, so the data order is
+exactly that of an uninterrupted run: the training stream is ``data.train``
+iterated once per epoch (one new shuffle order per iteration, drawn from the
+dataset's seeded generator, :func:`epoch_stream`), and a resumed run first
+draws (and discards) the orders of the finished epochs
+(:func:`advance_shuffle`); :class:`EpochCut` ends the interrupted epoch where
+an uninterrupted run would have.
 """
 
 from __future__ import annotations
@@ -26,11 +30,12 @@ import os
 
 import keras
 
-from nested_research.training.checkpoint_files import (Checkpoint, CheckpointError, checkpoints_dir, latest,
-                                        list_checkpoints, mismatch,
-                                        set_rng_state, state_variables)
 from nested_research.core.files import replace_file
 from nested_research.core.steps import StepCounter
+from nested_research.optimizers.protocols import ConvertsSavedState
+from nested_research.training.checkpoint_files import (Checkpoint, CheckpointError,
+                                                       checkpoints_dir, latest, list_checkpoints,
+                                                       mismatch, set_rng_state, state_variables)
 
 #: Config keys that may differ between a run and its resumption (where things are, how loud).
 RESUME_MAY_DIFFER = ("trainer.resume", "trainer.verbose", "trainer.checkpoint_every",
@@ -68,6 +73,11 @@ class Resume:
         self.history = ckpt.history
         self.metrics = None  # running epoch metrics, assigned at the resumed epoch's start
 
+    @property
+    def epochs_done(self) -> int:
+        """Epochs in the checkpoint's history (finished before it)."""
+        return max((len(v) for v in self.history.values()), default=0)
+
     def restore(self, model, data, extra_variables=()) -> None:
         """Build the optimizer and metrics, then assign every saved value (checked first)."""
         opt = model.optimizer
@@ -79,7 +89,7 @@ class Resume:
         arrays = dict(self.ckpt.arrays())
         specs = dict(self.ckpt.meta["variables"])
         if len(arrays["optimizer"]) != len(variables["optimizer"]) and \
-                hasattr(opt, "convert_saved_state"):  # an earlier state layout
+                isinstance(opt, ConvertsSavedState):  # an earlier state layout
             try:
                 arrays["optimizer"] = opt.convert_saved_state(arrays["optimizer"])
             except ValueError as err:

@@ -1,10 +1,10 @@
 """``StatsWindow``: the trainer's callback that runs the statistics-recording step only where
-a read needs it (``stats_record.StatsRecorder`` is the optimizer's side).
+a read needs it (``optimizers.nested.recorder.StatsRecorder`` is the optimizer's side).
 
 Every ``stats_every`` steps the tracker reads the in-step statistics, and each
 variable's must come from its last applied update before the read; those
 updates fall on the last ``longest_interval`` steps of each window
-(``stats_record.in_stats_window``).  The callback counts steps on the host and
+(``recorder.in_stats_window``).  The callback counts steps on the host and
 switches the model between two traced train functions: one traced inside
 ``optimizer.stats_recording(True)`` and one inside ``stats_recording(False)``,
 whose graph is that of ``stats_every=0`` op for op.
@@ -15,6 +15,7 @@ from __future__ import annotations
 import keras
 
 from nested_research.optimizers.nested.recorder import in_stats_window
+from nested_research.optimizers.protocols import RecordsStats, base_optimizer
 from nested_research.core.steps import StepCounter
 
 
@@ -48,10 +49,9 @@ class StatsWindow(keras.callbacks.Callback):
 
     def __init__(self, optimizer, start_step: int | None = None):
         super().__init__()
-        self.opt = getattr(optimizer, "inner_optimizer", optimizer)  # under a LossScaleOptimizer
+        self.opt = base_optimizer(optimizer)  # (under a LossScaleOptimizer)
         self.start_step = start_step
-        self.active = bool(getattr(self.opt, "stats_every", 0)) and \
-            hasattr(self.opt, "stats_recording")
+        self.active = isinstance(self.opt, RecordsStats) and bool(self.opt.stats_every)
         self.step = 0
         self.recording_steps = 0
         self._fns: dict[bool, object] = {}
@@ -65,7 +65,7 @@ class StatsWindow(keras.callbacks.Callback):
         if model.train_function is not self._fns.get(False):  # else: ours, kept (a benchmark)
             self._fns = {False: traced_with_stats(self.opt, model.train_function, False)}
             model.train_function = self._fns[False]
-        self._per_call = int(getattr(model, "steps_per_execution", 1) or 1)
+        self._per_call = int(model.steps_per_execution or 1)
         self.longest = self._longest_interval()
         self.step = int(keras.ops.convert_to_numpy(self.opt.iterations)) \
             if self.start_step is None else int(self.start_step)

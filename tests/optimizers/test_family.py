@@ -60,6 +60,30 @@ def test_the_family_is_found():
     assert {"nested", "ademamix", "m3", "delta_momentum"} <= set(FAMILY)
 
 
+@pytest.mark.parametrize("name", sorted(FAMILY))
+def test_members_are_what_the_protocols_declare(name):
+    """Every member names its state (``protocols.StatefulOptimizer``), unbuilt too; the depth
+    schedule, the in-step statistics and the old state layout are the nested optimizer's; a
+    Keras optimizer is a member of none."""
+    import keras
+
+    from nested_research.optimizers import (ConvertsSavedState, DepthScheduled,
+                                            NestedLearningOptimizer, RecordsStats,
+                                            StatefulOptimizer)
+
+    cls, conf = FAMILY[name]
+    opt = cls(**{k: v for k, v in conf["params"].items() if k != "_target_"})
+    nested = isinstance(opt, NestedLearningOptimizer)
+    assert isinstance(opt, StatefulOptimizer) and set(cls.STATE_ROLES)
+    for protocol in (DepthScheduled, RecordsStats, ConvertsSavedState):
+        assert isinstance(opt, protocol) == nested, protocol
+    opt.build([keras.Variable(np.ones((3, 2), "float32"))])
+    assert set(opt.slots(0)) & set(cls.STATE_ROLES)  # (the nested one: memory on or off)
+    adam = keras.optimizers.Adam()
+    for protocol in (StatefulOptimizer, DepthScheduled, RecordsStats, ConvertsSavedState):
+        assert not isinstance(adam, protocol)
+
+
 @pytest.mark.parametrize("name", sorted(OWN_PARAMS))
 def test_the_conf_file_sets_every_parameter_at_its_default(name):
     cls, conf = OWN_PARAMS[name]
@@ -206,7 +230,8 @@ def _trained(name, mode, base, monkeypatch):
 
     def fit(model, optimizer, data, **kwargs):
         seen["w0"] = [np.asarray(v).copy() for v in model.variables]
-        seen["resumed_from"] = getattr(kwargs.get("resume"), "step", None)
+        checkpoint = kwargs.get("checkpoint")
+        seen["resumed_from"] = checkpoint.step if checkpoint is not None else None
         count = keras.callbacks.LambdaCallback(
             on_train_batch_end=lambda *_, **__: seen.update(batches=seen["batches"] + 1))
         kwargs["callbacks"] = [*kwargs.get("callbacks", []), count]

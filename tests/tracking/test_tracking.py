@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 from nested_research import M3, AdEMAMix, NestedLearningOptimizer
 from nested_research.optimizers.nested.intervals import applied_updates
 from nested_research.optimizers.nested.layer_stats import FIELDS, last_update_step, layer_of
+from nested_research.optimizers.protocols import StatefulOptimizer
 from nested_research.tracking.probes import LearningRateLog
 from nested_research.tracking.schedule_report import schedule_steps
 from nested_research.tracking.trackers import WandbTracker, default_run_name
@@ -354,6 +355,30 @@ def test_default_name_sweep_and_modes(monkeypatch):
         WandbTracker(stats_every=-1)
 
 
+def test_both_trackers_implement_the_tracker_protocol(monkeypatch):
+    """A job calls every hook directly (``tracking.Tracker``); ``NullTracker``'s resume hooks
+    do nothing, ``WandbTracker.continue_run`` takes the checkpoint's W&B run, if it names one.
+    Preflight refuses a ``logger`` that is not a tracker, with one message."""
+    from nested_research.tracking import NullTracker, Tracker
+    from nested_research.train import ConfigError, validate
+
+    null = NullTracker()
+    assert isinstance(null, Tracker) and isinstance(WandbTracker(), Tracker)
+    null.continue_run({"id": "abc", "dir": "/x"}, 7, [{"trainer/step": 7}])
+    assert null.resume_info() is None and null.recent_rows() == [] and null.flush() is None
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    tracker = WandbTracker()
+    tracker.continue_run(None, 7, [])
+    assert (tracker.resume_id, tracker.start_step, tracker.replay_rows) == (None, None, None)
+    tracker.continue_run({"id": "abc", "dir": "/x"}, 7, [{"trainer/step": 7}])
+    assert (tracker.resume_id, tracker.start_step, tracker.dir) == ("abc", 7, "/x")
+    assert tracker.replay_rows == [{"trainer/step": 7}]
+    with pytest.raises(ConfigError, match=r"logger._target_='collections.OrderedDict' is not a "
+                                          r"tracker"):
+        validate(cfg_for("logger=none", "logger._target_=collections.OrderedDict",
+                         "~logger.stats_every"))
+
+
 def test_online_start_failure_falls_back_to_offline(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_MODE")
     tracker = WandbTracker(mode="online", dir=str(tmp_path))
@@ -397,7 +422,7 @@ def _reference_state(opt, names: dict) -> dict:
     """``{layer: {key: value}}`` in NumPy from the state tensors ``names`` picks per variable
     (role -> tensor or None); norms over the layer, ``second_rms = sqrt(mean v)``."""
     sums = {}
-    for i, var in enumerate(opt.model_variables if hasattr(opt, "model_variables")
+    for i, var in enumerate(opt.model_variables if isinstance(opt, StatefulOptimizer)
                             else opt._trainable_variables):
         layer = sums.setdefault(layer_of(var.path), {})
         for role, value in names(i, var).items():

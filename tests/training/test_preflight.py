@@ -1,5 +1,6 @@
 """Preflight (config, resume checkpoint, output and data directories) runs once per job."""
 
+import functools
 import json
 import pathlib
 
@@ -15,6 +16,32 @@ from inprocess import main_in_process
 from repo import CONF
 TINY = ["optimizer=adam", "logger=none", "trainer.max_steps=2", "trainer.epochs=1",
         "trainer.verbose=0"]
+
+
+@pytest.fixture
+def constructions(monkeypatch):
+    """``count(cls)``: patches ``cls.__init__`` to record each construction in ``built``."""
+    built = []
+
+    def count(cls):
+        real = cls.__init__
+
+        @functools.wraps(real)  # (the same signature: preflight reads it)
+        def counted(self, *args, **kwargs):
+            built.append(type(self).__name__)
+            real(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "__init__", counted)
+        return built
+    return count
+
+
+def _optimizer_class(name):
+    import keras
+
+    from nested_research import NestedLearningOptimizer
+
+    return {"adam": keras.optimizers.Adam, "nested": NestedLearningOptimizer}[name]
 
 
 @pytest.fixture
@@ -69,3 +96,39 @@ def test_trainer_settings_are_one_typed_group(override, message, tmp_path, monke
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], done.stderr
     assert not run_dir.exists()
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "nested"])
+def test_a_job_builds_its_optimizer_once(optimizer, tmp_path, data_dir, monkeypatch,
+                                         constructions):
+    """Preflight checks the optimizer's keywords without building it; the job builds it once,
+    when the data has fixed the run's length."""
+    cls = _optimizer_class(optimizer)
+    built = constructions(cls)
+    run_dir = tmp_path / "run"
+    main_in_process(monkeypatch, *TINY[1:], f"optimizer={optimizer}", f"hydra.run.dir={run_dir}")
+    assert built == [cls.__name__]
+    assert json.loads((run_dir / "results.json").read_text())["steps"] == 2
+
+
+@pytest.mark.parametrize("optimizer,overrides,needle", [
+    ("nested", ["memory.short_term_decay=1.5"], "short_term_decay=1.5 must be a number in [0, 1)"),
+    ("nested", ["+optimizer.params.foo=1"], "foo=1 is not a parameter of NestedLearningOptimizer"),
+    ("nested", ["optimizer.params.clipnorm=1", "+optimizer.params.global_clipnorm=2"],
+     "clipnorm=1, global_clipnorm=2: set at most one of clipnorm, clipvalue and global_clipnorm"),
+    ("adam", ["+optimizer.params.beta_3=0.5"], "beta_3=0.5 is not a parameter of Adam; allowed: "),
+    ("adam", ["+optimizer.params.gradient_accumulation_steps=1"],
+     "gradient_accumulation_steps=1 must be an integer >= 2"),
+])
+def test_optimizer_keywords_are_checked_without_building_it(optimizer, overrides, needle,
+                                                            constructions):
+    cls = _optimizer_class(optimizer)
+    built = constructions(cls)
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        bad = compose("config", overrides=[f"optimizer={optimizer}", *overrides])
+        good = compose("config", overrides=[f"optimizer={optimizer}"])
+    with pytest.raises(train.ConfigError) as err:
+        preflight.validate(bad)
+    assert needle in str(err.value)
+    preflight.validate(good)
+    assert built == []

@@ -26,6 +26,7 @@ from nested_research.core import checks
 
 
 def _has_weights(layer) -> bool:
+    # (a node's operation need not be a Layer: Keras ops in a functional model have no weights)
     return bool(getattr(layer, "trainable_weights", None))
 
 
@@ -46,7 +47,7 @@ def _span(layer, depth: int, out: dict[str, int]) -> int:
 
 def _model_depths(model, offset: int, out: dict[str, int]) -> int:
     """Fill ``out`` for ``model`` with depths starting at ``offset``; return its depth span."""
-    nodes_by_depth = getattr(model, "_nodes_by_depth", None)
+    nodes_by_depth = getattr(model, "_nodes_by_depth", None)  # (Keras: functional models only)
     if not nodes_by_depth:  # subclassed: attribute order stands for data flow
         depth = offset
         for layer in model.layers:
@@ -97,6 +98,7 @@ class DepthRegistry:
 
     def _init_depths(self, depths) -> None:
         self._variable_depths = {str(k): int(v) for k, v in (depths or {}).items()}
+        self._intervals: list[int] = []  # per variable, assigned by build
 
     def _require_unbuilt(self, what: str) -> None:
         if self.built:
@@ -162,5 +164,5 @@ class DepthRegistry:
 
     @property
     def longest_interval(self) -> int:
-        """The largest update interval of any variable (after the optimizer is built)."""
+        """The largest update interval of any variable (1 before the optimizer is built)."""
         return max(self._intervals, default=1)

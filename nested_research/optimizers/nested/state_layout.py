@@ -28,7 +28,7 @@ LEGACY_TIER_NAMES = ("short_memory", "medium_memory", "long_memory")
 
 def _beside(opt, var):
     """Create variables next to ``var`` (TensorFlow distribution strategies), as Keras does."""
-    strategy = getattr(opt, "_distribution_strategy", None)
+    strategy = getattr(opt, "_distribution_strategy", None)  # (Keras: TensorFlow backend only)
     if strategy is None:
         return contextlib.nullcontext()
     return strategy.extended.colocate_vars_with(
