@@ -32,7 +32,6 @@ from typing import Protocol, runtime_checkable
 import keras
 import numpy as np
 
-from nested_research.core.checks import check_choice, check_int
 from nested_research.optimizers.protocols import RecordsStats, base_optimizer
 from nested_research.tracking.schedule_report import (HEATMAP_CAP, SCHEDULE_COLUMNS, render_heatmap,
                                              schedule_rows)
@@ -40,8 +39,8 @@ from nested_research.tracking.state_norms import KEYS as STATE_KEYS
 from nested_research.optimizers.nested.layer_stats import FIELDS, Layout, format_table
 from nested_research.tracking.callback import TrackingCallback
 from nested_research.tracking.rows import AsyncLog, RowJournal, logged_extent
+from nested_research.tracking.settings import NullSettings, WandbSettings
 
-MODES = ("offline", "online", "disabled")
 
 
 def default_run_name(config: dict) -> str:
@@ -113,7 +112,7 @@ class NullTracker:
     hooks do nothing."""
 
     def __init__(self, stats_every: int = 0):
-        self.stats_every = int(stats_every)
+        self.stats_every = NullSettings(stats_every=stats_every).stats_every
         self.run_dir = None
 
     def continue_run(self, info: dict | None, step: int, rows: list) -> None:
@@ -158,21 +157,22 @@ class WandbTracker:
                  sweep_id: str | None = None, init_timeout: float = 30.0,
                  finish_timeout: float = 120.0, heatmap_cap: int = HEATMAP_CAP,
                  async_log: bool = True):
-        check_choice("logger.mode", mode, MODES)
-        for key, value in (("stats_every", stats_every), ("timing_every", timing_every),
-                           ("log_every", log_every), ("heatmap_cap", heatmap_cap)):
-            check_int(f"logger.{key}", value, low=0)
-        self.mode = os.environ.get("WANDB_MODE") or mode
-        self.project, self.entity = project, entity
-        self.group, self.name, self.dir = group, name, dir
-        self.tags = [str(t) for t in (tags or [])]
-        self.sweep_id = sweep_id or os.environ.get("WANDB_SWEEP_ID") or None
-        self.stats_every, self.timing_every = int(stats_every), int(timing_every)
-        self.log_every = max(int(log_every), 1)
-        self.log_model = bool(log_model)
-        self.init_timeout, self.finish_timeout = float(init_timeout), float(finish_timeout)
-        self.heatmap_cap = int(heatmap_cap)
-        self.async_log = bool(async_log)
+        s = WandbSettings(mode=mode, project=project, entity=entity, group=group, tags=tags,
+                          name=name, dir=dir, stats_every=stats_every, timing_every=timing_every,
+                          log_every=log_every, log_model=log_model, sweep_id=sweep_id,
+                          init_timeout=init_timeout, finish_timeout=finish_timeout,
+                          heatmap_cap=heatmap_cap, async_log=async_log)
+        self.mode = os.environ.get("WANDB_MODE") or s.mode
+        self.project, self.entity = s.project, s.entity
+        self.group, self.name, self.dir = s.group, s.name, s.dir
+        self.tags = list(s.tags)
+        self.sweep_id = s.sweep_id or os.environ.get("WANDB_SWEEP_ID") or None
+        self.stats_every, self.timing_every = s.stats_every, s.timing_every
+        self.log_every = max(s.log_every, 1)
+        self.log_model = s.log_model
+        self.init_timeout, self.finish_timeout = s.init_timeout, s.finish_timeout
+        self.heatmap_cap = s.heatmap_cap
+        self.async_log = s.async_log
         self.flush_timeout = 30.0  # seconds finish() waits for the log to be on disk
         # A resumed run (continue_run, before start): the W&B run id to continue, and the
         # batches already trained; rows already in that run are not re-logged.
