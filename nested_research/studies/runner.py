@@ -20,7 +20,7 @@ optimizer (or ablation variant), over seeds (``summarize``):
 - stability: loss spikes, epochs whose training loss rose more than 5% over
   the previous epoch, summed over seeds.
 
-The figures are ``study_plots.py``; the learning-rate search ``lr_search.py``.
+The figures are ``plots.py``; the learning-rate search ``lr_search.py``.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ every ``stats_every`` steps (the optimizer's in-step statistics period; 0: off)
     ``m`` sits beside AdEMAMix's ``m1`` and the nested short tier, and
     AdEMAMix's slow EMA beside the nested long tier.  And for the nested optimizer
     ``layers/<layer>/<field>`` for every field of ``memory_stats()`` (see
-    ``stats.py``): tier norms, retrieval weights, gradient/tier cosines,
+    ``layer_stats.py``): tier norms, retrieval weights, gradient/tier cosines,
     gradient, update and parameter norms, update-to-weight ratio, depth,
     interval, applied updates, steps since the last update, accumulated
     gradient norm.  Read with one on-device reduction (``StatsReader``) on

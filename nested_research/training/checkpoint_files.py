@@ -37,7 +37,7 @@ Atomic writes
     verifies the size and SHA-256 of ``state.bin`` and falls back to the next
     older checkpoint (with a warning) when the newest is damaged.
 
-Related modules: ``checkpointer.py`` (the callback that writes checkpoints
+Related modules: ``checkpoint_callback.py`` (the callback that writes checkpoints
 during ``fit``), ``resume.py`` (checking and restoring one for
 ``trainer.resume``), ``tracking/rows.py`` (the W&B rows a checkpoint carries).
 """

@@ -36,7 +36,7 @@ aggregation turns them into layer rows:
 Both read the optimizer through its public interface only: ``model_variables``,
 ``slots(i)`` (the state of variable ``i`` by name), ``intervals``,
 ``depth_of`` and the parameters.  Nothing here runs in the training step: the
-optimizer's in-step recording is ``stats_record.py``, the trainer's choice of
+optimizer's in-step recording is ``recorder.py``, the trainer's choice of
 which steps record is ``stats_window.py``.
 """
 

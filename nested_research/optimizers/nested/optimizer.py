@@ -91,7 +91,7 @@ class StateParams(HParams):
     """How the state is stored and inspected.
 
     ``stats_every``: record per-variable statistics in the step every this many
-    steps (0: never); read them with ``memory_stats()`` (``stats_record.py``).
+    steps (0: never); read them with ``memory_stats()`` (``recorder.py``).
     ``state_dtype``: storage of the tiers (memory off: the first moment) and the
     accumulators: ``"float32"`` (the variable's own dtype) or ``"bfloat16"``
     (10 instead of 16 optimizer bytes per parameter).  The second moment and
@@ -305,7 +305,7 @@ class NestedLearningOptimizer(DepthRegistry, FamilyOptimizer):
 
     # ------------------------------------------------------------ inspection
     def memory_stats(self) -> dict[str, dict]:
-        """Per-layer statistics ``{layer path: {stat: value}}`` (``stats.py``)."""
+        """Per-layer statistics ``{layer path: {stat: value}}`` (``layer_stats.py``)."""
         from nested_research.optimizers.nested.layer_stats import layer_stats
         return layer_stats(self)
 
@@ -315,7 +315,7 @@ class NestedLearningOptimizer(DepthRegistry, FamilyOptimizer):
         print(format_table(self.memory_stats()))
 
     def stats_recording(self, record: bool):
-        """``self.stats.recording(record)`` (``stats_record.StatsRecorder``)."""
+        """``self.stats.recording(record)`` (``recorder.StatsRecorder``)."""
         return self.stats.recording(record)
 
     # ------------------------------------------------------------ config

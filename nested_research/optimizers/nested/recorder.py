@@ -6,7 +6,7 @@ rows of one applied update, and the recorder decides which steps write:
 
 * inside ``recording(True)`` / ``recording(False)`` (trace-time): every step /
   none, with no per-step ``cond``: a caller that counts steps on the host
-  (``stats.StatsWindow``, what the trainer does) traces one train function
+  (``training.stats_window.StatsWindow``, what the trainer does) traces one train function
   each way and runs the recording one only on the window's steps;
 * otherwise (the optimizer in a plain ``model.fit``): the steps of the window
   (``in_stats_window``: the last ``longest`` steps of each ``every``-step
@@ -14,7 +14,7 @@ rows of one applied update, and the recorder decides which steps write:
   ``cond`` per variable.
 
 Per variable it keeps ``STAT_FIELDS``: raw sums, so that layers aggregate
-exactly (``stats.aggregate``).  The inner products of the rows
+exactly (``layer_stats.aggregate``).  The inner products of the rows
 ``[g; tiers; update; x]`` are one Gram matrix (one matmul) from which the
 fields are gathered.
 """
