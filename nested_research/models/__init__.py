@@ -11,8 +11,10 @@ non-string sequence, including OmegaConf ``ListConfig``.
 
 One module per model family: :mod:`.mlp`, :mod:`.cnn`, :mod:`.transformer`
 (with :class:`PositionEmbedding`); :mod:`.arguments` holds the argument checks
-they share.  The builders are imported here, so ``nested_research.models.build_*``
-stays the name configs and checkpoints record.
+they share.  Layers of the paper's own architecture: :class:`CMS` (:mod:`.cms`, the
+Continuum Memory System in token mode) and :class:`HopeBlock` (:mod:`.hope`, a
+self-modifying delta-rule memory followed by CMS).  The builders and layers are imported
+here, so ``nested_research.models.build_*`` stays the name configs and checkpoints record.
 
 Models
 ------
@@ -76,11 +78,13 @@ from typing import Callable
 
 import keras
 
+from nested_research.models.cms import CMS
 from nested_research.models.cnn import build_cnn
 from nested_research.models.mlp import build_mlp
 from nested_research.models.transformer import PositionEmbedding, build_transformer
 
 __all__ = [
+    "CMS",
     "PositionEmbedding",
     "build_mlp",
     "build_cnn",

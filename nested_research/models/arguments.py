@@ -18,9 +18,11 @@ from nested_research.core.checks import check_int, check_real
 
 __all__ = [
     "check_activation",
+    "check_chunk_size",
     "check_dropout",
     "check_input_shape",
     "check_int_list",
+    "check_level_list",
     "check_model_name",
     "check_num_classes",
 ]
@@ -89,3 +91,33 @@ def check_activation(activation: Any) -> str:
             f" (e.g. 'relu', 'gelu', 'tanh', 'silu')"
         )
     return activation
+
+
+def check_level_list(param: str, value: Any, levels: int, what: str, check_one) -> tuple:
+    """A list of exactly ``levels`` entries (one per level), each accepted by ``check_one``.
+
+    ``check_one(entry)`` returns the normalised entry or raises; the message names the whole
+    list, its value, the length wanted and ``what`` each entry may be.
+    """
+    items = None
+    if not isinstance(value, (str, bytes)) and isinstance(value, Sequence):
+        items = list(value)
+    allowed = f"a list of {levels} entries (one per level), each {what}"
+    if items is None or len(items) != levels:
+        raise ValueError(f"{param}={value if items is None else items!r} must be {allowed}")
+    out = []
+    for item in items:
+        try:
+            out.append(check_one(item))
+        except (ValueError, TypeError):
+            raise ValueError(f"{param}={items!r} must be {allowed}") from None
+    return tuple(out)
+
+
+def check_chunk_size(param: str, value: Any) -> int | None:
+    """A chunk size: an integer >= 1, or ``None`` (never updated in context)."""
+    if value is None:
+        return None
+    if not _is_positive_int(value):
+        raise ValueError(f"{param}={value!r} must be an integer >= 1 or None")
+    return int(value)
