@@ -80,11 +80,13 @@ import keras
 
 from nested_research.models.cms import CMS
 from nested_research.models.cnn import build_cnn
+from nested_research.models.hope import HopeBlock
 from nested_research.models.mlp import build_mlp
 from nested_research.models.transformer import PositionEmbedding, build_transformer
 
 __all__ = [
     "CMS",
+    "HopeBlock",
     "PositionEmbedding",
     "build_mlp",
     "build_cnn",

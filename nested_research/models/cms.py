@@ -46,6 +46,10 @@ memories' initial states end to end.  ``stop_inner_gradient=True`` wraps each in
 ``stop_gradient`` (a first-order approximation, cheaper; the outer gradient still reaches the
 initial weights through the reads).
 
+Stability.  The step is a sum over ``C`` tokens, so it scales with ``eta * C * ||x||^2``; when
+that is well above 1 the fast weights overshoot and grow from chunk to chunk (outputs in the
+thousands after a few chunks).  Keep ``eta(l)`` about ``1 / (C(l) * E||x||^2)`` or smaller.
+
 NOTE: the inner learning rates are fixed hyper-parameters here, not learned or generated from
 the input; steps mode (levels updated by the outer optimizer at intervals) is not this layer.
 """
@@ -114,7 +118,7 @@ class CMS(keras.layers.Layer):
         self,
         hidden_units: Any = (64, 64),
         chunk_sizes: Any = (1, 4),
-        inner_learning_rates: Any = (1e-2, 1e-2),
+        inner_learning_rates: Any = (1e-3, 1e-3),
         activation: str = "gelu",
         stop_inner_gradient: bool = False,
         kernel_initializer: Any = "glorot_uniform",
