@@ -13,7 +13,8 @@ Modules: :mod:`.loading` builds the splits (:func:`load_splits`,
 :class:`DataBundle`); :mod:`.data_dir` checks, reading only, what a
 ``data_dir`` holds and defines its errors (:func:`check_data_dir`,
 :class:`DataDirError` and subclasses); :mod:`.tfrecord` reads TFRecord shards
-just far enough to check them.
+just far enough to check them; :mod:`.continual` turns a dataset's arrays or ``tf.data``
+pipeline into continual-learning tasks (class-incremental splits, permuted inputs).
 
 TensorFlow itself, scikit-learn and the ``mnist1d`` package are imported
 lazily, when data is generated or loaded.
