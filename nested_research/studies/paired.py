@@ -74,6 +74,15 @@ class Paired:
             parts.append("fewer than 2 paired seeds: no interval")
         return "; ".join(parts)
 
+    def text(self, digits: int = 3) -> str:
+        """One line for a report: ``+0.022 [-0.004, +0.048] level (n=5)``."""
+        if self.n == 0:
+            return "no paired seeds"
+        if self.n < 2:
+            return f"{self.mean_diff:+.{digits}f} no interval (n=1)"
+        return (f"{self.mean_diff:+.{digits}f} [{self.low:+.{digits}f}, "
+                f"{self.high:+.{digits}f}] {self.verdict} (n={self.n})")
+
     def row(self) -> dict:
         """A flat dict for a CSV row (seed lists as text, the note added)."""
         out = asdict(self)

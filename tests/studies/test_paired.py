@@ -22,6 +22,7 @@ def test_identical_arms_give_zero_and_level():
     r = P.paired(arm, dict(arm), "max", workload="digits", optimizer="m3")
     assert (r.n, r.seeds, r.mean_diff, r.low, r.high) == (3, (0, 1, 2), 0.0, 0.0, 0.0)
     assert r.verdict == "level"
+    assert r.text() == "+0.000 [+0.000, +0.000] level (n=3)"
 
 
 @pytest.mark.parametrize("shift, direction, expected", [
@@ -51,6 +52,7 @@ def test_small_sample_interval_matches_numpy_reference():
     # the interval holds 0 (low = -0.004): "level", though the mean is positive
     assert r.low == pytest.approx(-0.004) and r.high == pytest.approx(0.048)
     assert r.verdict == "level"
+    assert r.text() == "+0.022 [-0.004, +0.048] level (n=5)"
     # the fixed generator: the same interval every time; a few resamples follow the seed
     assert P.bootstrap_interval(d) == (r.low, r.high)
     assert P.bootstrap_interval(d, n_resamples=7, seed=3) == pytest.approx(
@@ -78,9 +80,11 @@ def test_one_paired_seed_has_no_interval_and_says_so():
     assert r.mean_diff == pytest.approx(0.1)
     assert math.isnan(r.low) and math.isnan(r.high) and r.verdict == "no interval"
     assert "fewer than 2 paired seeds: no interval" in r.note()
+    assert r.text() == "+0.100 no interval (n=1)"
     assert "seeds [0] only for m3" in r.note() and "seeds [2] only for adam" in r.note()
     none = P.paired({}, {0: 0.5}, "min")
     assert none.n == 0 and math.isnan(none.mean_diff) and none.verdict == "no interval"
+    assert none.text() == "no paired seeds"
 
 
 def test_seeds_of_one_arm_only_and_failed_runs_are_left_out():
