@@ -125,6 +125,15 @@ def test_run_all_on_ray_writes_the_rates_runs_the_tasks_and_prints_its_cost(
     assert "[study] failed: compare bad, horizon adam; run again to resume" in out
 
 
+def test_study_commands_jobs_train_on_ray(local_ray):
+    """A study command's ``--jobs`` with ``--executor ray``: a Ray task per label."""
+    from nested_research.studies import runner
+
+    with pytest.raises(SystemExit, match="training processes failed: bad"):
+        runner.train_in_processes("ray_fake_study", [], "--variants", ["a", "bad", "a"], 2, "ray")
+    assert sorted(_records(local_ray)) == ["a", "bad"]
+
+
 def test_ray_executor_without_ray_stops_with_one_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(SystemExit) as stop:
