@@ -19,23 +19,30 @@ from nested_research.core.checks import check_int
 
 @dataclass
 class Task:
-    """One command of a pool: ``argv``, started once every task named in ``needs`` finished."""
+    """One command of a pool: ``argv``, started once every task named in ``needs`` finished.
+    ``num_cpus`` and ``num_gpus``: what it needs of a machine (the Ray executor,
+    ``studies.ray_pool``, reserves them and sizes its thread pools to ``num_cpus``)."""
 
     name: str
     argv: list
     needs: tuple = ()
+    num_cpus: int = 1
+    num_gpus: float = 0
 
 
-def worker_env(jobs: int, env: dict | None = None) -> dict:
+def worker_env(jobs: int, env: dict | None = None, threads: int | None = None) -> dict:
     """The environment of one of ``jobs`` training processes on this machine: TensorFlow's
     thread pools sized to its share of the cores (``TF_NUM_INTRAOP_THREADS`` = cores // jobs,
     ``TF_NUM_INTEROP_THREADS`` = 1), unless the caller's environment sets them.  Two processes
     that each start a pool as large as the machine take turns on its cores: on 2 cores, two
     language-model runs of 800 steps took 97 s side by side with the default pools and 51 s
-    with one thread each, with the same results."""
+    with one thread each, with the same results.  ``threads``, if given, is the share instead
+    (a Ray task's CPUs)."""
     jobs = check_int("jobs", jobs, low=1)
+    if threads is None:
+        threads = (os.cpu_count() or 1) // jobs
     env = dict(os.environ if env is None else env)
-    env.setdefault("TF_NUM_INTRAOP_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
+    env.setdefault("TF_NUM_INTRAOP_THREADS", str(max(1, int(threads))))
     env.setdefault("TF_NUM_INTEROP_THREADS", "1")
     return env
 
@@ -50,6 +57,10 @@ def check_tasks(todo: list[Task]) -> None:
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise ValueError(f"tasks={twice!r} must be named once each")
+    for t in todo:
+        check_int(f"{t.name}: num_cpus", t.num_cpus, low=1)
+        if not t.num_gpus >= 0:
+            raise ValueError(f"{t.name}: num_gpus={t.num_gpus!r} must be >= 0")
     unknown = sorted({n for t in todo for n in t.needs} - set(names))
     if unknown:
         raise ValueError(f"needs={unknown!r} must name tasks of the pool: {names}")

@@ -19,7 +19,12 @@ invocation's wall time, and the wall time of every invocation so far (``<root>/i
 kept every 30 s, so an invocation that was killed counts to its last half minute).  Every task
 resumes, so a killed study resumes: run the same command.
 
-    python -m nested_research.studies.run_all [--root studies] [--jobs 2] [--publish scripts/results]
+``--executor ray`` runs the same tasks, in the same order, as Ray tasks (``studies.ray_pool``: the
+cluster at ``RAY_ADDRESS``, else a local instance), ``--jobs`` at a time; the rates are written
+here, the tables and the cost line too.
+
+    python -m nested_research.studies.run_all [--root studies] [--jobs 2] [--executor local|ray]
+                                              [--publish scripts/results]
 """
 
 import argparse
@@ -34,7 +39,7 @@ import threading
 import time
 
 from nested_research.core.files import replace_file
-from nested_research.studies import ablation, horizon, processes, runner as study
+from nested_research.studies import ablation, horizon, processes, ray_pool, runner as study
 from nested_research.studies import comparison as compare_optimizers
 from nested_research.studies.processes import Task
 
@@ -107,17 +112,24 @@ def launch(args: list, jobs: int) -> subprocess.Popen:
                             env=processes.worker_env(jobs))
 
 
-def run_pool(todo: list[Task], root: str, jobs: int) -> list[str]:
-    """Run ``todo`` (module docstring); the names of the tasks that failed or could not start
-    because one they need failed."""
+def run_pool(todo: list[Task], root: str, jobs: int, executor: str = "local") -> list[str]:
+    """Run ``todo`` (module docstring) on ``executor`` (``local`` or ``ray``); the names of the
+    tasks that failed or could not start because one they need failed."""
     rated = None
 
-    def start(task, finished):
+    def rates_for(task, finished):
         nonlocal rated
         compared = sorted(n.split(" ", 1)[1] for n in finished if n.startswith("compare "))
         if task.needs and compared != rated:  # (written again only when it changed)
             write_rates(root, compared)
             rated = compared
+
+    if executor == "ray":
+        return ray_pool.run_pool(todo, jobs, rates_for, lambda task: [
+            ray_pool.PYTHON, "-m", MODULES[task.argv[0]], *task.argv[1:]])
+
+    def start(task, finished):
+        rates_for(task, finished)
         return launch(task.argv, jobs)
 
     return processes.run_pool(todo, jobs, start)
@@ -159,9 +171,14 @@ def main(argv=None) -> int:
                         help="the studies' parent directory (compare/, ablation/, horizon/)")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--publish", default="scripts/results")
+    parser.add_argument("--executor", choices=ray_pool.EXECUTORS, default="local",
+                        help="where the tasks run: local processes, or Ray (RAY_ADDRESS, else a "
+                             "local instance)")
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs={args.jobs} must be an integer >= 1")
+    if args.executor == "ray":
+        ray_pool.require()  # (one line if Ray is missing, before anything starts)
     start, stop = time.time(), threading.Event()
 
     def heartbeat():  # a killed invocation's time counts too, to the last half minute
@@ -170,7 +187,7 @@ def main(argv=None) -> int:
 
     beat = threading.Thread(target=heartbeat, name="study-wall", daemon=True)
     beat.start()
-    failed = run_pool(tasks(args.root), args.root, args.jobs)
+    failed = run_pool(tasks(args.root), args.root, args.jobs, args.executor)
     compare, ablation_dir, rates = _dirs(args.root)
     reports = [["compare_optimizers.py", "--out", compare],
                ["ablation.py", "--out", ablation_dir, "--lr-from", rates],

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from nested_research.studies import processes, scoring
+from nested_research.studies import processes, ray_pool, scoring
 from nested_research.core.configs import conf_dir
 from nested_research.core.files import replace_file
 
@@ -200,15 +200,18 @@ def cost_line(outcomes: list[Outcome], study_dir: str) -> str:
             + (f"; {borrowed} more runs borrowed from other studies" if borrowed else ""))
 
 
-def train_in_processes(module: str, common: list, flag: str, labels: list, jobs: int) -> None:
+def train_in_processes(module: str, common: list, flag: str, labels: list, jobs: int,
+                       executor: str = "local") -> None:
     """``python -m module *common flag label`` for each of ``labels``, a process per label,
-    ``jobs`` at a time (``processes.run_pool``), to the end; ``SystemExit`` if one failed.  The
-    studies' ``--jobs``: they then tabulate with ``run_job(train=False)``."""
+    ``jobs`` at a time (``processes.run_pool``, or ``ray_pool.run_pool`` with ``executor="ray"``),
+    to the end; ``SystemExit`` if one failed.  The studies' ``--jobs``: they then tabulate with
+    ``run_job(train=False)``."""
     import sys
 
-    argv = [sys.executable, "-m", module, *common, flag]
+    python = ray_pool.PYTHON if executor == "ray" else sys.executable
+    argv = [python, "-m", module, *common, flag]
     tasks = [processes.Task(label, [*argv, label]) for label in dict.fromkeys(labels)]
-    failed = processes.run_pool(tasks, jobs)
+    failed = (ray_pool.run_pool if executor == "ray" else processes.run_pool)(tasks, jobs)
     if failed:
         raise SystemExit(f"training processes failed: {', '.join(failed)}")
 
