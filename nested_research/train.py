@@ -34,13 +34,14 @@ import hydra
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from nested_research.core.configs import conf_dir
+from nested_research.core.errors import ConfigError
 from nested_research.training import preflight
 from nested_research.training.builders import build_learning_rate, build_optimizer
 from nested_research.training.config_groups import check_group_overrides, register_resolvers
-from nested_research.core.configs import conf_dir
-from nested_research.core.errors import ConfigError
 from nested_research.training.job import run
-from nested_research.training.preflight import Preflighted, check_output_dirs, check_trainer, validate
+from nested_research.training.preflight import (Preflighted, check_output_dirs, check_trainer,
+                                                validate)
 
 __all__ = ["ConfigError", "Preflight", "build_learning_rate", "build_optimizer", "check_trainer",
            "main", "run", "validate"]

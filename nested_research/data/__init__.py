@@ -20,26 +20,15 @@ TensorFlow itself, scikit-learn and the ``mnist1d`` package are imported
 lazily, when data is generated or loaded.
 """
 
-from nested_research.data.assoc_recall import (
-    AssociativeRecall,
-    AssociativeRecallConfig,
-    make_config as make_recall_config,
-)
+from nested_research.data.assoc_recall import (AssociativeRecall, AssociativeRecallConfig,
+                                               make_config as make_recall_config)
 from nested_research.data.digits import SklearnDigits
-from nested_research.data.data_dir import (
-    EMBEDDED_DATASETS,
-    DataDirError,
-    DatasetCorruptError,
-    DatasetNotFoundError,
-    check_data_dir,
-)
+from nested_research.data.data_dir import (EMBEDDED_DATASETS, DataDirError, DatasetCorruptError,
+                                           DatasetNotFoundError, check_data_dir)
 from nested_research.data.loading import DataBundle, load_splits
 from nested_research.data.mnist1d import Mnist1d
-from nested_research.data.pystdlib import (
-    PythonStdlibText,
-    PythonStdlibTextConfig,
-    make_config as make_pystdlib_config,
-)
+from nested_research.data.pystdlib import (PythonStdlibText, PythonStdlibTextConfig,
+                                           make_config as make_pystdlib_config)
 
 __all__ = [
     "AssociativeRecall",

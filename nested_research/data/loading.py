@@ -60,12 +60,8 @@ import tensorflow_datasets as tfds
 
 from nested_research.core.checks import check_bool, check_int, check_real
 from nested_research.data.assoc_recall import AssociativeRecallConfig
-from nested_research.data.data_dir import (
-    DatasetNotFoundError,
-    check_source_args,
-    make_builder,
-    not_prepared_detail,
-)
+from nested_research.data.data_dir import (DatasetNotFoundError, check_source_args, make_builder,
+                                           not_prepared_detail)
 from nested_research.data.pystdlib import VOCAB_SIZE as BYTE_VOCAB_SIZE
 
 if TYPE_CHECKING:  # pragma: no cover - typing only; TF itself is imported lazily

@@ -9,13 +9,8 @@ from __future__ import annotations
 import keras
 
 from nested_research.core.checks import check_choice, check_int
-from nested_research.models.arguments import (
-    check_dropout,
-    check_input_shape,
-    check_int_list,
-    check_model_name,
-    check_num_classes,
-)
+from nested_research.models.arguments import (check_dropout, check_input_shape, check_int_list,
+                                              check_model_name, check_num_classes)
 
 __all__ = ["build_cnn"]
 

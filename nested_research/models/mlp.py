@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import keras
 
-from nested_research.models.arguments import (
-    check_activation,
-    check_dropout,
-    check_input_shape,
-    check_int_list,
-    check_model_name,
-    check_num_classes,
-)
+from nested_research.models.arguments import (check_activation, check_dropout, check_input_shape,
+                                              check_int_list, check_model_name, check_num_classes)
 
 __all__ = ["build_mlp"]
 

@@ -14,12 +14,8 @@ import keras
 from keras import ops
 
 from nested_research.core.checks import check_bool, check_int
-from nested_research.models.arguments import (
-    check_dropout,
-    check_input_shape,
-    check_model_name,
-    check_num_classes,
-)
+from nested_research.models.arguments import (check_dropout, check_input_shape, check_model_name,
+                                              check_num_classes)
 
 __all__ = ["PositionEmbedding", "build_transformer"]
 

@@ -34,7 +34,7 @@ import numpy as np
 
 from nested_research.optimizers.protocols import RecordsStats, base_optimizer
 from nested_research.tracking.schedule_report import (HEATMAP_CAP, SCHEDULE_COLUMNS, render_heatmap,
-                                             schedule_rows)
+                                                      schedule_rows)
 from nested_research.tracking.state_norms import KEYS as STATE_KEYS
 from nested_research.optimizers.nested.layer_stats import FIELDS, Layout, format_table
 from nested_research.tracking.callback import TrackingCallback

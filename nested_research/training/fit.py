@@ -27,8 +27,7 @@ from dataclasses import dataclass, field
 import keras
 
 from nested_research.core.steps import StepCounter
-from nested_research.training.guard import (DEFAULT_MAX_NONFINITE_STEPS, NonFiniteGuard,
-                                            QuietProgbar)
+from nested_research.training.guard import DEFAULT_MAX_NONFINITE_STEPS, NonFiniteGuard, QuietProgbar
 from nested_research.training.resume import (EpochCut, Resume, advance_shuffle, epoch_stream,
                                              trim_progress)
 from nested_research.training.stats_window import StatsWindow

@@ -33,9 +33,9 @@ import keras
 from nested_research.core.files import replace_file
 from nested_research.core.steps import StepCounter
 from nested_research.optimizers.protocols import ConvertsSavedState
-from nested_research.training.checkpoint_files import (Checkpoint, CheckpointError,
-                                                       checkpoints_dir, latest, list_checkpoints,
-                                                       mismatch, set_rng_state, state_variables)
+from nested_research.training.checkpoint_files import (Checkpoint, CheckpointError, checkpoints_dir,
+                                                       latest, list_checkpoints, mismatch,
+                                                       set_rng_state, state_variables)
 
 #: Config keys that may differ between a run and its resumption (where things are, how loud).
 RESUME_MAY_DIFFER = ("trainer.resume", "trainer.verbose", "trainer.checkpoint_every",

@@ -16,18 +16,9 @@ import pytest
 import tensorflow_datasets as tfds
 
 from nested_research import data as nr_data
-from nested_research.data import (
-    EMBEDDED_DATASETS,
-    AssociativeRecall,
-    AssociativeRecallConfig,
-    DataBundle,
-    DatasetNotFoundError,
-    Mnist1d,
-    PythonStdlibText,
-    SklearnDigits,
-    load_splits,
-    make_recall_config,
-)
+from nested_research.data import (EMBEDDED_DATASETS, AssociativeRecall, AssociativeRecallConfig,
+                                  DataBundle, DatasetNotFoundError, Mnist1d, PythonStdlibText,
+                                  SklearnDigits, load_splits, make_recall_config)
 
 # A small MQAR config keeps the recall tests fast.
 SMALL_RECALL = dict(vocab_size=16, num_pairs=4, num_queries=2, num_train=300, num_test=60, seed=3)

@@ -7,13 +7,8 @@ import pytest
 import tensorflow as tf
 import keras
 
-from nested_research.models import (
-    MODEL_BUILDERS,
-    PositionEmbedding,
-    build_cnn,
-    build_mlp,
-    build_transformer,
-)
+from nested_research.models import (MODEL_BUILDERS, PositionEmbedding, build_cnn, build_mlp,
+                                    build_transformer)
 
 SEED = 1234
 

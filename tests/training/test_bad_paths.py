@@ -22,13 +22,8 @@ import pytest
 import tensorflow_datasets as tfds
 from hydra import compose, initialize_config_dir
 
-from nested_research.data import (
-    DataDirError,
-    DatasetCorruptError,
-    DatasetNotFoundError,
-    check_data_dir,
-    load_splits,
-)
+from nested_research.data import (DataDirError, DatasetCorruptError, DatasetNotFoundError,
+                                  check_data_dir, load_splits)
 from nested_research.data._tfds_compat import LocalGeneratorBuilder
 from nested_research.train import ConfigError, run
 

@@ -8,7 +8,7 @@ import pytest
 
 from nested_research import NestedLearningOptimizer
 from nested_research.optimizers.nested.intervals import (applied_updates, curve_interval,
-                                                        is_update_step)
+                                                         is_update_step)
 from nested_research.optimizers.nested.layer_stats import last_update_step
 
 from reference import NumpyNested
