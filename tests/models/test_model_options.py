@@ -200,3 +200,15 @@ def test_a_bad_setting_stops_the_job_with_one_line(override, message, tmp_path, 
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], done.stderr
     assert not (run_dir / "results.json").exists()
+
+
+def test_models_benchmark_runs_small(tmp_path):
+    """``python -m nested_research.bench.models`` end to end at toy sizes (one process)."""
+    from nested_research.bench import models as bench
+
+    out = bench.main(["--modes", "graph", "--seq-len", "8", "--batch", "2", "--vocab", "16",
+                      "--memory-length", "8", "--memory-batch", "1", "--chunks", "4",
+                      "--steps", "1", "--repeats", "1", "--json", str(tmp_path / "b.json")])
+    assert set(out["train"]["graph"]) == {"transformer", "cms_transformer", "hope"}
+    assert set(out["memory"]["graph"]) == {"recurrent", "chunked C=4"}
+    assert (tmp_path / "b.json").is_file()
