@@ -16,5 +16,8 @@ nested_research.bench.<name>``:
   - :mod:`.accuracy`: test accuracy with float32 and bfloat16 optimizer state;
   - :mod:`.report`: the machine and the printed tables;
 
-- :mod:`.tracking`: the cost of experiment tracking per training step.
+- :mod:`.tracking`: the cost of experiment tracking per training step;
+- :mod:`.models`: training tokens per second of the Transformer, the CMS Transformer and Hope
+  at about equal parameter counts, and the Hope block's chunked memory against its
+  token-by-token recurrence at sequence length 256.
 """

@@ -13,7 +13,9 @@ One module per model family: :mod:`.mlp`, :mod:`.cnn`, :mod:`.transformer`
 (with :class:`PositionEmbedding`); :mod:`.arguments` holds the argument checks
 they share.  Layers of the paper's own architecture: :class:`CMS` (:mod:`.cms`, the
 Continuum Memory System in token mode) and :class:`HopeBlock` (:mod:`.hope`, a
-self-modifying delta-rule memory followed by CMS).  The builders and layers are imported
+self-modifying delta-rule memory followed by CMS); the models built from them:
+:func:`build_cms_transformer` (:mod:`.cms_transformer`) and :func:`build_hope`
+(:mod:`.hope_model`).  The builders and layers are imported
 here, so ``nested_research.models.build_*`` stays the name configs and checkpoints record.
 
 Models
@@ -43,6 +45,19 @@ Models
     ``final_ln`` and a per-position ``logits`` ``Dense`` giving an output of
     shape ``(batch, L, num_classes)`` for per-position targets (the trainer
     applies a masked sparse categorical cross-entropy).
+
+``build_cms_transformer``
+    The Transformer with each block's MLP replaced by a token-mode ``CMS``
+    (``block{i}_ln2`` -> ``block{i}_cms`` -> ``block{i}_cms_delta`` ->
+    ``block{i}_add2``); ``hidden_units``, ``chunk_sizes`` and
+    ``inner_learning_rates`` give its levels.
+``build_hope``
+    ``embed`` + ``pos_embed``, then per block ``block{i}_ln`` ->
+    ``block{i}_hope`` (a ``HopeBlock``: delta-rule memory, then CMS), then
+    ``final_ln`` and ``logits``; no attention.
+
+A chunk size longer than the sequence is refused (its level would never update
+in context; ``None`` says that); see :func:`.arguments.check_cms_levels`.
 
 Why the depth matters
 ---------------------
@@ -79,8 +94,10 @@ from typing import Callable
 import keras
 
 from nested_research.models.cms import CMS
+from nested_research.models.cms_transformer import build_cms_transformer
 from nested_research.models.cnn import build_cnn
 from nested_research.models.hope import HopeBlock
+from nested_research.models.hope_model import build_hope
 from nested_research.models.mlp import build_mlp
 from nested_research.models.transformer import PositionEmbedding, build_transformer
 
@@ -91,6 +108,8 @@ __all__ = [
     "build_mlp",
     "build_cnn",
     "build_transformer",
+    "build_cms_transformer",
+    "build_hope",
     "MODEL_BUILDERS",
 ]
 
@@ -98,4 +117,6 @@ MODEL_BUILDERS: dict[str, Callable[..., keras.Model]] = {
     "mlp": build_mlp,
     "cnn": build_cnn,
     "transformer": build_transformer,
+    "cms_transformer": build_cms_transformer,
+    "hope": build_hope,
 }

@@ -19,6 +19,7 @@ from nested_research.core.checks import check_int, check_real
 __all__ = [
     "check_activation",
     "check_chunk_size",
+    "check_cms_levels",
     "check_dropout",
     "check_input_shape",
     "check_int_list",
@@ -121,3 +122,28 @@ def check_chunk_size(param: str, value: Any) -> int | None:
     if not _is_positive_int(value):
         raise ValueError(f"{param}={value!r} must be an integer >= 1 or None")
     return int(value)
+
+
+def check_cms_levels(hidden_units: Any, chunk_sizes: Any, inner_learning_rates: Any,
+                     seq_len: int) -> tuple[tuple, tuple, tuple]:
+    """A model's CMS levels as its config names them: ``hidden_units`` (one width per level),
+    ``chunk_sizes`` and ``inner_learning_rates`` (one entry per level each).
+
+    A chunk size must also be at most the sequence length ``seq_len``: a longer chunk never
+    completes, so its level would silently never update in context (``None`` says that).
+    """
+    hidden_units = check_int_list("hidden_units", hidden_units)
+    levels = len(hidden_units)
+    per_level = f"(levels: hidden_units={list(hidden_units)!r})"
+    chunks = check_level_list("chunk_sizes", chunk_sizes, levels,
+                              f"an integer >= 1 or null {per_level}",
+                              lambda v: check_chunk_size("chunk_sizes", v))
+    rates = check_level_list("inner_learning_rates", inner_learning_rates, levels,
+                             f"a number >= 0 {per_level}",
+                             lambda v: check_real("inner_learning_rates", v, low=0.0))
+    if any(c is not None and c > seq_len for c in chunks):
+        raise ValueError(
+            f"chunk_sizes={list(chunks)!r} must be null or at most the sequence length "
+            f"L={seq_len} each (a longer chunk never completes, so its level would never "
+            f"update in context)")
+    return hidden_units, chunks, rates

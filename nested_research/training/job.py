@@ -32,7 +32,7 @@ from nested_research.training import preflight
 from nested_research.training.builders import (build_optimizer, make_strategy, model_inputs,
                                                run_length_params)
 from nested_research.training.preflight import (Preflighted, data_error, job_output_dir,
-                                                optimizer_error)
+                                                model_error, optimizer_error)
 
 
 def make_output_dir(output_dir: str) -> None:
@@ -93,7 +93,13 @@ def run(cfg: DictConfig, output_dir: str, checked: Preflighted | None = None) ->
         keras.utils.set_random_seed(t.seed)
         strategy = make_strategy(t.strategy)
         with strategy.scope():
-            model = instantiate(cfg.model, **model_inputs(data), _convert_="all")
+            try:  # the builders check their arguments against the data (e.g. its length)
+                model = instantiate(cfg.model, **model_inputs(data), _convert_="all")
+            except Exception as err:
+                config_error = model_error(cfg, err)
+                if config_error is None:
+                    raise
+                raise config_error from err
             total = t.epochs * data.steps_per_epoch
             if t.max_steps is not None:
                 total = min(total, t.max_steps)

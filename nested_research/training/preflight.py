@@ -17,6 +17,7 @@ allowed.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -124,6 +125,23 @@ def data_error(cfg: DictConfig, err: Exception) -> ConfigError:
         return ConfigError(f"data.data_dir={cfg.data.get('data_dir')!r} "
                            f"(data={cfg.data.name}): {inner}")
     return ConfigError(f"data ({cfg.data.name}): {_short(err)}")
+
+
+def model_error(cfg: DictConfig, err: Exception) -> ConfigError | None:
+    """A model builder's refusal as one line naming ``model.<key>``: the builders raise
+    ``ValueError`` worded ``<param>=<value!r> must be ...``.  ``None`` for any other failure
+    (a bug, not a setting: it keeps its traceback).  Checked when the job builds the model,
+    after the data (the data gives the input shape, e.g. the sequence length) and before
+    training."""
+    inner = err
+    while inner.__cause__ is not None:
+        inner = inner.__cause__
+    if not isinstance(inner, (ValueError, TypeError)):
+        return None
+    message = str(inner)
+    if re.match(r"[A-Za-z_]\w*=", message):
+        return ConfigError(f"model.{message} (model: {cfg.model.get('_target_')})")
+    return ConfigError(f"model ({cfg.model.get('_target_')}): {message}")
 
 
 def optimizer_error(cfg: DictConfig, err: Exception) -> ConfigError:

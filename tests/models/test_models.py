@@ -256,8 +256,11 @@ def test_keras_save_load_round_trip(tmp_path, builder, kwargs, x):
 
 
 def test_model_builders_registry():
+    from nested_research.models import build_cms_transformer, build_hope
+
     assert MODEL_BUILDERS == {
-        "mlp": build_mlp, "cnn": build_cnn, "transformer": build_transformer}
+        "mlp": build_mlp, "cnn": build_cnn, "transformer": build_transformer,
+        "cms_transformer": build_cms_transformer, "hope": build_hope}
 
 
 def test_accepts_omegaconf_and_numpy_args():

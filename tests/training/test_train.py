@@ -88,7 +88,7 @@ def test_compose_and_instantiate_every_option(group, option, data_dir):
                 assert getattr(opt, key) == value, (key, value)
     elif group == "model":
         kw = {"input_shape": (8, 8, 1), "num_classes": 10}
-        if option == "transformer":
+        if option in ("transformer", "cms_transformer", "hope"):  # (chunk sizes <= L = 12)
             kw = {"input_shape": (12,), "num_classes": 16, "vocab_size": 16}
         model = instantiate(cfg.model, **kw, _convert_="all")
         assert len([l for l in model.layers if l.trainable_weights]) >= 4
