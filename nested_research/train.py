@@ -14,7 +14,11 @@ before Hydra creates the run directory, so nothing is written; the job then
 runs without checking again (``preflight.py``: once per job).  An override of
 ``memory``, ``blend_mode`` or ``schedule_curve`` for an optimizer that has none of
 them (a baseline: they come with ``optimizer=nested``) stops the same way before
-Hydra composes (``config_groups.check_group_overrides``).
+Hydra composes (``config_groups.check_group_overrides``).  What only the built
+objects can check (a model argument that depends on the data, such as a chunk
+size against the sequence length; a range only a Keras optimizer's constructor
+checks) stops the same way when the job builds them, after the data is loaded
+and before any training, with nothing but the run directory written.
 
 A loss that stays NaN/inf for ``trainer.max_nonfinite_steps`` consecutive
 steps (``guard.py``) stops the run: one-line message, exit code 1, the W&B run
