@@ -1,7 +1,7 @@
 """An independent NumPy implementation of the seed README's update rules, for tests.
 
 Written from the seed's "How It Works" formulas (float64), with the interval,
-accumulation and per-variable bias-correction rules of the issue; it shares
+accumulation and per-variable bias-correction rules this project states; it shares
 no code with the package.
 """
 

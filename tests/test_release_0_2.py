@@ -48,7 +48,7 @@ def test_keras_files_load_uncompiled(name):
 
 
 def test_a_runs_model_loads_in_a_fresh_process_after_import_nested_research():
-    """The issue as a user meets it: a new interpreter, ``import nested_research``, then plain
+    """As a user meets it: a new interpreter, ``import nested_research``, then plain
     Keras (no ``custom_objects``)."""
     code = ("import nested_research, keras, sys; "
             "m = keras.saving.load_model(sys.argv[1]); "

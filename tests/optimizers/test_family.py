@@ -165,7 +165,7 @@ def test_skip_nonfinite_must_be_a_bool(name):
 
 
 # ------------------------------------------------ through the trainer: XLA, checkpoint, resume
-#: The issue's members: the family optimizers with their own parameters (the nested optimizer's
+#: The family optimizers with their own parameters (the nested optimizer's
 #: trainer runs are test_resume.py's and test_train.py's) and Keras' Muon (conf/optimizer/
 #: muon.yaml), which is not a FamilyOptimizer.
 TRAINED = sorted({k for k, v in FAMILY.items() if not _brings_groups(v[1])} | {"muon"})
