@@ -48,17 +48,27 @@ def require():
     return ray
 
 
-def _guard_pyarrow() -> None:
+def _guard_pyarrow() -> bool:
     """Treat a pyarrow that is installed but cannot be imported (a wheel built for another NumPy)
-    as absent: Ray imports it when it serializes anything and only tolerates its absence."""
+    as absent while Ray runs: Ray imports it when it serializes anything and only tolerates its
+    absence.  True if it did (``_unguard_pyarrow`` undoes it when the pool is done)."""
     if "pyarrow" in sys.modules:
-        return
+        return False
     try:
         import pyarrow  # noqa: F401
     except ModuleNotFoundError:
         pass
     except ImportError:
         sys.modules["pyarrow"] = None  # later imports: ModuleNotFoundError
+        return True
+    return False
+
+
+def _unguard_pyarrow() -> None:
+    """The process's imports as they were before ``_guard_pyarrow`` (other code, TFDS's lazy
+    imports for one, tells an absent module from a broken one)."""
+    if "pyarrow" in sys.modules and sys.modules["pyarrow"] is None:
+        del sys.modules["pyarrow"]
 
 
 def start_ray(jobs: int, todo: list[Task] = ()) -> bool:
@@ -181,5 +191,12 @@ def run_pool(todo: list[Task], jobs: int, before: Before | None = None,
         if running:
             ray.wait(list(running), num_returns=len(running), timeout=60)
         if started_ray:
-            ray.shutdown()
+            stop_ray()
     return failed
+
+
+def stop_ray() -> None:
+    """Disconnect from Ray (and stop the local instance ``start_ray`` started); the process's
+    imports as they were."""
+    require().shutdown()
+    _unguard_pyarrow()

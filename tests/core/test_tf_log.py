@@ -33,9 +33,12 @@ def test_dropped_follows_the_level(level, kept):
 
 def test_importing_the_package_changes_no_process_wide_state():
     """``import nested_research`` from a program sets no environment variable, installs no import
-    hook and leaves TensorFlow's start-up lines alone (they are the program's to filter)."""
+    hook and leaves TensorFlow's start-up lines alone (they are the program's to filter).  The
+    libraries it uses are imported first: what they do on import is theirs (JAX, where
+    installed, defaults ``TF_CPP_MIN_LOG_LEVEL`` when TensorFlow imports it)."""
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    code = ("import os, sys; env = dict(os.environ); import nested_research; "
+    code = ("import os, sys, tensorflow, keras, hydra, omegaconf; env = dict(os.environ); "
+            "import nested_research; "
             "assert dict(os.environ) == env, set(os.environ.items()) ^ set(env.items()); "
             "ours = [h for h in sys.meta_path + sys.path_hooks "
             "        if getattr(h, '__module__', '').startswith('nested_research')]; "

@@ -44,7 +44,8 @@ def local_ray(tmp_path_factory):
     try:
         yield log
     finally:
-        ray.shutdown()
+        ray_pool.stop_ray()
+        assert "pyarrow" not in sys.modules or sys.modules["pyarrow"] is not None
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
