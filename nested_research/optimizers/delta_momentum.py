@@ -99,6 +99,7 @@ class DeltaMomentumParams(HParams):
 
 def key_projection(g, m):
     """``(G_hat G_hat^T) m`` in the variable's shape (module docstring; 0 where ``g`` is 0)."""
+    m = ops.convert_to_tensor(m)  # (a variable: JAX's where and zeros_like take no Keras variable)
     if len(g.shape) < 2:  # a layer with the single input 1: the normalised Gram matrix is 1
         return ops.where(ops.sum(ops.square(g)) > 0, m, ops.zeros_like(m))
     shape = tuple(int(d) for d in g.shape)

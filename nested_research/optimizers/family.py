@@ -199,6 +199,8 @@ class FamilyOptimizer(keras.optimizers.Optimizer):
                     self.build(trainable_variables)
                 self.built = True
         base_apply = super().apply
+        # (backends other than TensorFlow select every variable the step may assign)
+        assigned = [*self.variables, *(trainable_variables or self._trainable_variables or [])]
         nonfinite.NonFiniteSkip(self._skipped_steps).apply(
             nonfinite.NonFiniteSkip.flags(grads), lambda g: base_apply(g, trainable_variables),
-            (grads,))
+            (grads,), variables=assigned)

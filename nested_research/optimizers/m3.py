@@ -93,6 +93,7 @@ import keras
 from keras import ops
 
 from nested_research.optimizers import sparse
+from nested_research.optimizers.conditional import cond_assign
 from nested_research.optimizers.family import FamilyOptimizer
 from nested_research.core.hparams import HParams, boolean, integer, param, real
 
@@ -224,7 +225,7 @@ class M3(FamilyOptimizer):
             self.assign(o2, orthogonalise(m2, p.ns_steps))
             self.assign(chunk, ops.zeros_like(chunk))
 
-        ops.cond(ops.equal(step % p.frequency, 0), slow_update, lambda: None)
+        cond_assign(ops.equal(step % p.frequency, 0), slow_update, None, [m2, o2, chunk])
 
     def slots(self, index: int) -> dict:
         """The state of trainable variable ``index`` by name: ``m1``, ``v``, and for the

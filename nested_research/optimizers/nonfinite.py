@@ -22,7 +22,11 @@ all-reduce got its instance keys out of order between devices when the
 process had trained under another ``MirroredStrategy`` before: "Shape
 mismatch in the collective instance"); only replicas on other workers add a
 ``strategy.reduce``.  Strategies without ``merge_call`` all-reduce the flags
-in replica context.  Other backends (JAX) take a plain ``cond``.
+in replica context.  Other backends (JAX) have no strategy: the flags are the total, and the
+conditional apply is ``conditional.cond_assign`` over the ``variables`` the caller names (the
+step runs, then every variable selects its old or its new value: the escaped tracer of a
+``cond`` whose branches assign, avoided; see the NOTE there).  Without ``variables`` they take
+a plain ``cond``.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from typing import Callable
 
 import keras
 from keras import ops
+
+from nested_research.optimizers.conditional import cond_assign
 
 
 def all_finite(tensors):
@@ -61,10 +67,11 @@ class NonFiniteSkip:
         return ops.cast(ops.stack([ops.logical_not(all_finite(g)) for g in groups]), "float32")
 
     def apply(self, flags, apply: Callable, args: tuple, also: Callable | None = None,
-              on_skip: Callable | None = None):
+              on_skip: Callable | None = None, variables=None):
         """``apply(*args)`` unless a flag is set on some replica; returns ``skip``.  ``also(total)``
         runs once per step with the flags' total (a streak to keep); ``on_skip(total)`` runs
-        instead of ``apply`` on a skipped step."""
+        instead of ``apply`` on a skipped step.  ``variables``: every variable ``apply`` and
+        ``on_skip`` assign (backends other than TensorFlow, ``apply_unless_flagged``)."""
         def decide(total):
             skip = ops.sum(total) > 0
             self.counter.assign_add(ops.cast(skip, "int64"))
@@ -72,18 +79,23 @@ class NonFiniteSkip:
                 also(total)
             return skip, (lambda: on_skip(total)) if on_skip is not None else (lambda: None)
 
-        return apply_unless_flagged(flags, apply, args, decide)
+        return apply_unless_flagged(flags, apply, args, decide, variables)
 
 
-def apply_unless_flagged(flags, apply: Callable, args: tuple, decide: Callable):
+def apply_unless_flagged(flags, apply: Callable, args: tuple, decide: Callable, variables=None):
     """``apply(*args)`` unless ``decide(total)`` says skip (module docstring); returns ``skip``.
 
     ``decide(total) -> (skip, on_skip)`` runs once per step where the total of ``flags`` over
     all replicas is known (it may update counters); ``on_skip()`` runs instead of ``apply``.
+    ``variables``: every variable ``apply`` and ``on_skip`` assign, for backends other than
+    TensorFlow (module docstring; ``None``: a plain ``cond``).
     """
     if keras.backend.backend() != "tensorflow":
         skip, on_skip = decide(flags)
-        ops.cond(skip, on_skip, lambda: apply(*args))
+        if variables is None:
+            ops.cond(skip, on_skip, lambda: apply(*args))
+        else:
+            cond_assign(skip, on_skip, lambda: apply(*args), variables)
         return skip
     import tensorflow as tf
 

@@ -20,6 +20,9 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import keras
+from keras import ops
+
 from nested_research.core.hparams import HParams, boolean, integer, param
 
 
@@ -37,15 +40,20 @@ class CompressionParams(HParams):
 
 
 def low_rank(gradient, rank: int):
-    """Rank-``rank`` approximation of ``gradient`` (see the module docstring)."""
-    import tensorflow as tf  # (imported here: the rest of the optimizer runs on any backend)
-
+    """Rank-``rank`` approximation of ``gradient`` (see the module docstring): TensorFlow's SVD
+    on TensorFlow, ``keras.ops.svd`` on the other backends (the same product; singular
+    vectors' signs cancel in it)."""
     shape = tuple(gradient.shape)
     if len(shape) < 2:
         return gradient
     rows, cols = int(math.prod(shape[:-1])), int(shape[-1])
     if min(rows, cols) <= rank:
         return gradient
+    if keras.backend.backend() != "tensorflow":
+        u, s, vh = ops.svd(ops.reshape(gradient, (rows, cols)), full_matrices=False)
+        return ops.reshape(ops.matmul(u[:, :rank] * s[:rank], vh[:rank, :]), shape)
+    import tensorflow as tf  # (imported here: the rest of the optimizer runs on any backend)
+
     matrix = tf.reshape(gradient, (rows, cols))
     s, u, v = tf.linalg.svd(matrix, full_matrices=False)
     approx = tf.matmul(u[:, :rank] * s[:rank], v[:, :rank], transpose_b=True)

@@ -190,25 +190,28 @@ def resolve(p: IntervalParams, paths: Sequence[str], depth_of: Callable) -> list
 
 
 def interval_step(opt, step, interval: int, warmup_steps: int, accumulator, g,
-                  apply: Callable) -> None:
+                  apply: Callable, state: Sequence = ()) -> None:
     """Run ``apply(g_hat)`` on the steps the rule allows; accumulate ``g`` on the others.
 
-    ``interval == 1``: every step.  Else a ``cond`` on the step rule: the update math lives
-    in the taken branch only.  Without an ``accumulator`` the skipped steps drop ``g``; with
-    one, ``g_hat`` is the mean of the window's gradients (``accumulator`` holds their sum,
-    in its own dtype: a bfloat16 accumulator adds in full precision and rounds once).
-    ``g`` may be row-sparse (``sparse.py``).
+    ``interval == 1``: every step.  Else a conditional on the step rule
+    (``conditional.cond_assign``: a ``cond`` on TensorFlow, whose taken branch alone holds the
+    update math; compute-then-select on JAX), over ``state``: every variable ``apply``
+    assigns (the accumulator is added here).  Without an ``accumulator`` the skipped steps
+    drop ``g``; with one, ``g_hat`` is the mean of the window's gradients (``accumulator``
+    holds their sum, in its own dtype: a bfloat16 accumulator adds in full precision and
+    rounds once).  ``g`` may be row-sparse (``sparse.py``).
     """
     from keras import ops
 
     from nested_research.optimizers import sparse
+    from nested_research.optimizers.conditional import cond_assign
 
     if interval == 1:
         apply(g)
         return
     due = is_update_step(step, interval, warmup_steps)
     if accumulator is None:
-        ops.cond(due, lambda: apply(g), lambda: None)
+        cond_assign(due, lambda: apply(g), None, state)
         return
     dtype = g.dtype
 
@@ -222,7 +225,7 @@ def interval_step(opt, step, interval: int, warmup_steps: int, accumulator, g,
     def accumulate():
         sparse.accumulate(opt, accumulator, g)
 
-    ops.cond(due, apply_window, accumulate)
+    cond_assign(due, apply_window, accumulate, [*state, accumulator])
 
 
 def _add(g, a):

@@ -229,7 +229,18 @@ class NestedLearningOptimizer(DepthRegistry, FamilyOptimizer):
         lr = ops.cast(learning_rate, variable.dtype)
         apply = lambda g_: self._apply(idx, variable, g_, lr)  # noqa: E731
         intervals.interval_step(self, self.iterations, self._intervals[idx], self.warmup_steps,
-                                self._accumulators[idx], g, apply)
+                                self._accumulators[idx], g, apply, self._assigned(idx, variable))
+
+    def _assigned(self, idx, variable) -> list:
+        """Every variable an applied update of ``variable`` assigns (``_apply``), ``None``s
+        dropped: what ``conditional.cond_assign`` selects on backends other than TensorFlow."""
+        own = [variable, self._tiers[idx], self._velocities[idx], self._blend_logits[idx],
+               self._update_counts[idx]]
+        if self.amsgrad:
+            own.append(self._velocity_hats[idx])
+        if self.stats.variables:
+            own.append(self.stats.variables[idx])
+        return [v for v in own if v is not None]
 
     def _apply(self, idx, variable, g, lr):
         """One applied update of ``variable`` (module docstring)."""

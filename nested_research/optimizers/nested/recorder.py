@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import weakref
 
+import keras
 import numpy as np
 from keras import ops
 
@@ -133,6 +134,9 @@ class StatsRecorder:
         or ``None``), on the steps the module docstring says."""
         if not self.active:
             return
+        if keras.backend.backend() != "tensorflow":
+            self._record_keras(idx, step, rows, weights)
+            return
         import tensorflow as tf
 
         index = _gather_index(len(rows) - 3)
@@ -149,5 +153,28 @@ class StatsRecorder:
 
         if self.mode is None:
             ops.cond(self._is_due(step), write, lambda: None)
+        else:
+            write()
+
+    def _record_keras(self, idx: int, step, rows: list, weights) -> None:
+        """``record`` in Keras ops, for backends other than TensorFlow (JAX): the same fields,
+        the window's conditional written as ``conditional.cond_assign``."""
+        from nested_research.optimizers.conditional import cond_assign
+
+        index = _gather_index(len(rows) - 3)
+
+        def write():
+            f32 = "float32"
+            flat = ops.stack([ops.reshape(ops.convert_to_tensor(r), (-1,)) for r in rows])
+            gram = ops.reshape(ops.cast(ops.matmul(flat, ops.transpose(flat)), f32), (-1,))
+            w = ops.zeros((3,), f32) if weights is None else \
+                ops.cast(ops.reshape(ops.convert_to_tensor(weights), (3,)), f32)
+            values = ops.concatenate([gram, w, ops.cast(ops.reshape(step, (1,)), f32),
+                                      ops.zeros((1,), f32)], axis=0)
+            self._assign(self.variables[idx], ops.take(values, index))
+
+        if self.mode is None:
+            cond_assign(in_stats_window(step, self.every, self.longest), write, None,
+                        [self.variables[idx]])
         else:
             write()
