@@ -19,8 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-import backend_cases  # noqa: E402
+import backend_cases  # (beside this module: pytest puts its folder on the path)
 
 pytest.importorskip("jax")
 
