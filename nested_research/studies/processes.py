@@ -73,6 +73,42 @@ def check_tasks(todo: list[Task]) -> None:
         left = [t for t in left if t not in now]
 
 
+class Schedule:
+    """The pool's bookkeeping, the same for every executor (this module's processes, Ray's
+    tasks): which task may start now, and what a finished one means for the rest."""
+
+    def __init__(self, todo: list[Task], jobs: int):
+        self.pending, self.jobs = list(todo), jobs
+        self.done: set = set()
+        self.failed: list = []
+
+    def ready(self, running: int) -> list[Task]:
+        """The tasks to start now, in list order, while fewer than ``jobs`` run and all they need
+        has finished; a task whose need failed is dropped, not started."""
+        out = []
+        for task in list(self.pending):
+            blocked = [n for n in task.needs if n in self.failed]
+            if blocked:
+                self.pending.remove(task)
+                self.failed.append(task.name)
+                print(f"[pool] {task.name}: not started ({', '.join(blocked)} failed)",
+                      flush=True)
+            elif running + len(out) < self.jobs and all(n in self.done for n in task.needs):
+                print(f"[pool] start {task.name}", flush=True)
+                self.pending.remove(task)
+                out.append(task)
+        return out
+
+    def finished(self, name: str, code: int) -> None:
+        (self.done.add(name) if code == 0 else self.failed.append(name))
+        print(f"[pool] {name}: exit code {code}", flush=True)
+
+    def lost(self, name: str, why: str) -> None:
+        """A task that ended without an exit code (its executor lost it)."""
+        self.failed.append(name)
+        print(f"[pool] {name}: {why}", flush=True)
+
+
 def run_pool(todo: list[Task], jobs: int, start: Start | None = None) -> list[str]:
     """Run ``todo``, at most ``jobs`` processes at a time, to the end.
 
@@ -88,29 +124,19 @@ def run_pool(todo: list[Task], jobs: int, start: Start | None = None) -> list[st
     if start is None:
         def start(task, finished):
             return subprocess.Popen(task.argv, env=worker_env(jobs))
-    pending, running, done, failed = list(todo), {}, set(), []
+    schedule, running = Schedule(todo, jobs), {}
     try:
-        while pending or running:
-            for task in list(pending):
-                blocked = [n for n in task.needs if n in failed]
-                if blocked:
-                    pending.remove(task)
-                    failed.append(task.name)
-                    print(f"[pool] {task.name}: not started ({', '.join(blocked)} failed)",
-                          flush=True)
-                elif len(running) < jobs and all(n in done for n in task.needs):
-                    print(f"[pool] start {task.name}", flush=True)
-                    running[task.name] = start(task, set(done))
-                    pending.remove(task)
+        while schedule.pending or running:
+            for task in schedule.ready(len(running)):
+                running[task.name] = start(task, set(schedule.done))
             time.sleep(0.5)
             for name, proc in list(running.items()):
                 if proc.poll() is not None:
                     del running[name]
-                    (done.add(name) if proc.returncode == 0 else failed.append(name))
-                    print(f"[pool] {name}: exit code {proc.returncode}", flush=True)
+                    schedule.finished(name, proc.returncode)
     finally:
         for proc in running.values():
             if proc.poll() is None:
                 proc.terminate()
                 proc.wait()
-    return failed
+    return schedule.failed

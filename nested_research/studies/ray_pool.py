@@ -153,25 +153,16 @@ def run_pool(todo: list[Task], jobs: int, before: Before | None = None,
     started_ray = start_ray(jobs, todo)
     remote = ray.remote(max_retries=1)(_run_command)  # (retried only if its node is lost)
     cwd = os.getcwd()
-    pending, running, done, failed = list(todo), {}, set(), []
+    schedule, running = processes.Schedule(todo, jobs), {}
     try:
-        while pending or running:
-            for task in list(pending):
-                blocked = [n for n in task.needs if n in failed]
-                if blocked:
-                    pending.remove(task)
-                    failed.append(task.name)
-                    print(f"[pool] {task.name}: not started ({', '.join(blocked)} failed)",
-                          flush=True)
-                elif len(running) < jobs and all(n in done for n in task.needs):
-                    print(f"[pool] start {task.name}", flush=True)
-                    if before is not None:
-                        before(task, set(done))
-                    argv = list(task.argv if command is None else command(task))
-                    ref = remote.options(num_cpus=task.num_cpus, num_gpus=task.num_gpus,
-                                         name=task.name).remote(argv, cwd, task.num_cpus)
-                    running[ref] = task
-                    pending.remove(task)
+        while schedule.pending or running:
+            for task in schedule.ready(len(running)):
+                if before is not None:
+                    before(task, set(schedule.done))
+                argv = list(task.argv if command is None else command(task))
+                ref = remote.options(num_cpus=task.num_cpus, num_gpus=task.num_gpus,
+                                     name=task.name).remote(argv, cwd, task.num_cpus)
+                running[ref] = task
             if not running:
                 continue
             finished, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
@@ -180,11 +171,9 @@ def run_pool(todo: list[Task], jobs: int, before: Before | None = None,
                 try:
                     code = ray.get(ref)
                 except ray.exceptions.RayError as err:
-                    failed.append(task.name)
-                    print(f"[pool] {task.name}: failed on Ray ({type(err).__name__})", flush=True)
+                    schedule.lost(task.name, f"failed on Ray ({type(err).__name__})")
                     continue
-                (done.add(task.name) if code == 0 else failed.append(task.name))
-                print(f"[pool] {task.name}: exit code {code}", flush=True)
+                schedule.finished(task.name, code)
     finally:
         for ref in running:
             ray.cancel(ref)
@@ -192,7 +181,7 @@ def run_pool(todo: list[Task], jobs: int, before: Before | None = None,
             ray.wait(list(running), num_returns=len(running), timeout=60)
         if started_ray:
             stop_ray()
-    return failed
+    return schedule.failed
 
 
 def stop_ray() -> None:
